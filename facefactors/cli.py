@@ -1,0 +1,291 @@
+"""The ``facefactors`` command line: data, train, evaluate, encode, swap, interpolate, methods, demo."""
+from __future__ import annotations
+
+import argparse
+import sys
+import textwrap
+from pathlib import Path
+
+from facefactors.errors import FacefactorsError
+
+
+def _examples(text: str) -> str:
+    return "example:\n" + textwrap.indent(textwrap.dedent(text).strip(), "  ")
+
+
+def _split_config_args(items: list[str]) -> tuple[str | None, list[str]]:
+    """First item is the config file unless it is a key=value override."""
+    if items and "=" not in items[0]:
+        return items[0], items[1:]
+    return None, items
+
+
+def _unique_run_dir(base: Path) -> Path:
+    if not base.exists():
+        return base
+    i = 2
+    while Path(f"{base}-{i}").exists():
+        i += 1
+    return Path(f"{base}-{i}")
+
+
+# ------------------------------------------------------------------------- verbs
+def cmd_methods(args) -> int:
+    from facefactors.methods import registry
+
+    methods = registry.available()
+    width = max(len(n) for n in methods)
+    for name, cls in methods.items():
+        print(f"{name:<{width}}  {cls.summary}")
+    return 0
+
+
+def cmd_data(args) -> int:
+    from facefactors.data import synthfaces
+
+    cfg = synthfaces.SynthFacesConfig(n=args.n, size=args.size, n_identities=args.n_identities, seed=args.seed,
+                                      heldout_identities=args.heldout_identities)
+    out = Path(args.out)
+    if out.exists() and any(out.iterdir()) and not args.force:
+        raise FacefactorsError(f"{out} exists and is not empty; choose another --out or pass --force")
+    import time
+
+    t0 = time.perf_counter()
+    ds = synthfaces.generate(cfg)
+    t1 = time.perf_counter()
+    synthfaces.save(ds, out)
+    print(f"wrote {len(ds)} SynthFaces images at {cfg.size}px to {out} "
+          f"(generated in {t1 - t0:.1f} s; preview: {out / 'preview.png'})")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from facefactors.config import apply_overrides, build_dataclass, load_config, load_yaml, RunConfig
+    from facefactors.train.trainer import Trainer
+
+    config_path, overrides = _split_config_args(args.items)
+    for o in overrides:
+        if "=" not in o:
+            raise FacefactorsError(f"expected key=value overrides after the config file, got {o!r}")
+    if args.resume:
+        if config_path is not None:
+            raise FacefactorsError("--resume takes its config from the run directory; pass only overrides")
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise FacefactorsError(f"cannot resume {run_dir}: no config.yaml there")
+        cfg = build_dataclass(RunConfig, apply_overrides(load_yaml(run_dir / "config.yaml"), overrides))
+        Trainer(cfg, run_dir, resume=True).fit()
+        return 0
+    if config_path is None:
+        raise FacefactorsError("train needs a config file (e.g. configs/autoencoder_synthfaces.yaml) or --resume RUN")
+    cfg = load_config(config_path, overrides)
+    run_dir = Path(args.out) if args.out else _unique_run_dir(Path("runs") / Path(config_path).stem)
+    result = Trainer(cfg, run_dir).fit()
+    if args.evaluate:
+        return cmd_evaluate(argparse.Namespace(run=str(result.run_dir), device=args.device, overrides=[]))
+    return 0
+
+
+def cmd_evaluate(args) -> int:
+    from facefactors.config import apply_overrides
+    from facefactors.eval.evaluate import EvalConfig, evaluate, headline
+    from facefactors.config import build_dataclass
+    from facefactors.runs import load_run
+
+    run = load_run(args.run, device=args.device)
+    eval_cfg = build_dataclass(EvalConfig, apply_overrides(dict(run.config.eval), args.overrides), "eval")
+    metrics = evaluate(run.model, run.dataset, run.run_dir, eval_cfg, device=args.device)
+    print_headline(headline(metrics))
+    print(f"report: {run.run_dir / 'report.html'}")
+    return 0
+
+
+def print_headline(h: dict) -> None:
+    for key, value in h.items():
+        if isinstance(value, dict):
+            inner = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
+            print(f"  {key}: {inner}")
+        elif isinstance(value, float):
+            print(f"  {key}: {value:.3f}")
+        else:
+            print(f"  {key}: {value}")
+
+
+def cmd_encode(args) -> int:
+    from facefactors.eval.latents import encode_split, save_latents
+    from facefactors.runs import load_run
+
+    run = load_run(args.run, device=args.device)
+    idx = run.dataset.split(args.split)
+    arrays = encode_split(run.model, run.dataset, idx, device=args.device)
+    save_latents(args.output, arrays)
+    parts = ", ".join(f"{k[5:]} ({v.shape[1]})" for k, v in arrays.items() if k.startswith("part/"))
+    print(f"wrote {len(idx)} {args.split} latents to {args.output}: parts {parts}")
+    return 0
+
+
+def _load_images(run, paths: list[str]):
+    import torch
+
+    from facefactors.data.images import load_image
+    from facefactors.data.specs import to_float_image
+
+    u8 = torch.stack([load_image(p, run.dataset.image_size, run.dataset.channels) for p in paths])
+    return to_float_image(u8)
+
+
+def cmd_swap(args) -> int:
+    import torch
+
+    from facefactors.data.images import save_image
+    from facefactors.data.specs import to_uint8_image
+    from facefactors.latent import swap
+    from facefactors.runs import load_run
+
+    run = load_run(args.run, device=args.device)
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()]
+    x = _load_images(run, [args.source, args.donor]).to(args.device)
+    with torch.no_grad():
+        z = run.model.encode(x)
+        out = run.model.decode(swap(z.index(slice(0, 1)), z.index(slice(1, 2)), parts))
+    img = to_uint8_image(out)[0]
+    if args.with_inputs:
+        img = torch.cat([to_uint8_image(x[0:1])[0], to_uint8_image(x[1:2])[0], img], dim=2)
+    save_image(args.output, img)
+    print(f"wrote {args.output}: {args.source} with {', '.join(parts)} from {args.donor}")
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    import torch
+
+    from facefactors.data.images import save_image
+    from facefactors.data.specs import to_uint8_image
+    from facefactors.latent import interpolate
+    from facefactors.runs import load_run
+
+    if args.steps < 2:
+        raise FacefactorsError(f"--steps must be at least 2, got {args.steps}")
+    run = load_run(args.run, device=args.device)
+    parts = [p.strip() for p in args.part.split(",") if p.strip()]
+    x = _load_images(run, [args.a, args.b]).to(args.device)
+    alphas = torch.linspace(0, 1, args.steps).tolist()
+    with torch.no_grad():
+        z = run.model.encode(x)
+        lats = interpolate(z.index(slice(0, 1)), z.index(slice(1, 2)), parts, alphas)
+        frames = [to_uint8_image(run.model.decode(lat))[0] for lat in lats]
+    save_image(args.output, torch.cat(frames, dim=2))
+    print(f"wrote {args.output}: {args.steps} steps of {', '.join(parts)} from {args.a} to {args.b}")
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from facefactors.demo import run_demo
+
+    return run_demo(quick=args.quick, out=Path(args.out), device=args.device)
+
+
+# ------------------------------------------------------------------------- parser
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="facefactors", description="Learn, measure and use disentangled image "
+                                "representations.", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=_examples("facefactors demo --quick\nfacefactors methods"))
+    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    sub.required = True
+    fmt = argparse.RawDescriptionHelpFormatter
+
+    s = sub.add_parser("methods", help="list the registered methods", formatter_class=fmt,
+                       epilog=_examples("facefactors methods"))
+    s.set_defaults(func=cmd_methods)
+
+    s = sub.add_parser("data", help="generate a dataset on disk", formatter_class=fmt,
+                       epilog=_examples("facefactors data synthfaces --out data/sf64 --size 64 --n 30000 --seed 0"))
+    s.add_argument("dataset", choices=["synthfaces"])
+    s.add_argument("--out", required=True, help="output folder")
+    s.add_argument("--n", type=int, default=30000, help="number of images")
+    s.add_argument("--size", type=int, default=64, help="image size in pixels (32, 64, 128, ...)")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--n-identities", type=int, default=100)
+    s.add_argument("--heldout-identities", type=int, default=0, help="identities kept out of train/test")
+    s.add_argument("--force", action="store_true", help="write into a non-empty folder")
+    s.set_defaults(func=cmd_data)
+
+    s = sub.add_parser("train", help="train a method from a YAML config", formatter_class=fmt,
+                       epilog=_examples("""
+                           facefactors train configs/autoencoder_synthfaces.yaml train.steps=2000 --out runs/ae1
+                           facefactors train --resume runs/ae1 train.steps=4000
+                           torchrun --nproc_per_node 2 -m facefactors train configs/autoencoder_synthfaces.yaml"""))
+    s.add_argument("items", nargs="*", metavar="CONFIG|key=value", help="config file, then dotted overrides")
+    s.add_argument("--out", help="run directory (default: runs/<config name>)")
+    s.add_argument("--resume", metavar="RUN", help="continue the run in RUN from its latest checkpoint")
+    s.add_argument("--evaluate", action="store_true", help="evaluate the run when training ends")
+    s.add_argument("--device", default="cpu", help="device for --evaluate")
+    s.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("evaluate", help="measure a trained run: metrics.json, figures, report.html",
+                       formatter_class=fmt, epilog=_examples("facefactors evaluate runs/ae1\n"
+                                                             "facefactors evaluate runs/ae1 n_pairs=512"))
+    s.add_argument("run")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="evaluation settings (see EvalConfig)")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("encode", help="write a split's latents, labels and factors to .npz", formatter_class=fmt,
+                       epilog=_examples("facefactors encode runs/ae1 --split test -o latents.npz"))
+    s.add_argument("run")
+    s.add_argument("--split", default="test")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_encode)
+
+    s = sub.add_parser("swap", help="transfer latent parts from a donor image to a source image",
+                       formatter_class=fmt, epilog=_examples(
+                           "facefactors swap runs/ae1 --source a.png --donor b.png --parts expression,illumination "
+                           "-o out.png"))
+    s.add_argument("run")
+    s.add_argument("--source", required=True)
+    s.add_argument("--donor", required=True)
+    s.add_argument("--parts", required=True, help="comma-separated part names")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--with-inputs", action="store_true", help="write source | donor | result side by side")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_swap)
+
+    s = sub.add_parser("interpolate", help="interpolate latent parts between two images into a strip",
+                       formatter_class=fmt, epilog=_examples(
+                           "facefactors interpolate runs/ae1 --a a.png --b b.png --part identity --steps 10 "
+                           "-o strip.png"))
+    s.add_argument("run")
+    s.add_argument("--a", required=True)
+    s.add_argument("--b", required=True)
+    s.add_argument("--part", required=True, help="part name(s), comma-separated")
+    s.add_argument("--steps", type=int, default=8)
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_interpolate)
+
+    s = sub.add_parser("demo", help="generate SynthFaces, train, evaluate, write a report", formatter_class=fmt,
+                       epilog=_examples("facefactors demo          # about 12 minutes on 2 CPU cores\n"
+                                        "facefactors demo --quick  # about 2 minutes"))
+    s.add_argument("--quick", action="store_true", help="a small, fast version (about 2 minutes)")
+    s.add_argument("--out", default="runs/demo")
+    s.add_argument("--device", default="auto")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except FacefactorsError as e:
+        print(f"facefactors: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("facefactors: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,49 @@
+"""Classifier heads on latent codes and image classifiers with one head per attribute."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from facefactors.nn.encoders import ConvTrunk
+
+
+class MLPHead(nn.Module):
+    """Flattened code -> logits. ``hidden=0`` gives a linear head."""
+
+    def __init__(self, in_dim: int, out_dim: int, hidden: int = 256, layers: int = 1, dropout: float = 0.0):
+        super().__init__()
+        mods: list[nn.Module] = [nn.Flatten()]
+        d = in_dim
+        for _ in range(layers if hidden else 0):
+            mods += [nn.Linear(d, hidden), nn.LeakyReLU(0.2, inplace=True)]
+            if dropout:
+                mods.append(nn.Dropout(dropout))
+            d = hidden
+        mods.append(nn.Linear(d, out_dim))
+        self.net = nn.Sequential(*mods)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class ImageClassifier(nn.Module):
+    """Image -> logits per attribute: a shared conv trunk and one linear head per attribute.
+
+    ``features`` exposes the penultimate representation (used as an evaluation feature
+    extractor, e.g. for Fréchet distances).
+    """
+
+    def __init__(self, image_size: int, channels: int, heads: dict[str, int], width: int = 32,
+                 feature_dim: int = 256, norm: str = "batch"):
+        super().__init__()
+        self.trunk = ConvTrunk(image_size, channels, width, 4, norm)
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(self.trunk.out_channels * 16, feature_dim),
+                                nn.LeakyReLU(0.2, inplace=True))
+        self.heads = nn.ModuleDict({k: nn.Linear(feature_dim, n) for k, n in heads.items()})
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.trunk(x))
+
+    def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        f = self.features(x)
+        return {k: head(f) for k, head in self.heads.items()}

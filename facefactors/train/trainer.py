@@ -1,0 +1,256 @@
+"""The shared training loop: every method trains through it.
+
+Devices and precision, torchrun data parallelism, gradient clipping, progress bar with
+losses, images/s and ETA, ``log.jsonl``, periodic previews, atomic checkpoints with exact
+resume, and a guard that stops on a non-finite loss naming it.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from facefactors.config import RunConfig, dump_config
+from facefactors.data import make_dataset
+from facefactors.data.specs import ImageDataset
+from facefactors.errors import FacefactorsError
+from facefactors.io import write_json, write_text
+from facefactors.runs import build_model, resolve_device
+from facefactors.train import distributed as ddp
+from facefactors.train.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint,
+                                          save_checkpoint)
+from facefactors.train.sampler import EpochSampler
+
+
+class TrainingDiverged(FacefactorsError):
+    """A loss became NaN or infinite."""
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    step: int
+    images_per_s: float
+    train_seconds: float
+    stopped: str  # "steps" | "time_budget"
+
+
+def _autocast(device: torch.device, precision: str):
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    raise FacefactorsError(f"unknown train.precision {precision!r}; use auto, fp32 or bf16")
+
+
+class Trainer:
+    """Train ``cfg`` into ``run_dir``; ``resume=True`` continues from its latest checkpoint."""
+
+    def __init__(self, cfg: RunConfig, run_dir: str | Path, resume: bool = False,
+                 dataset: ImageDataset | None = None, log: Callable[[str], None] = print):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.resume = resume
+        self._dataset = dataset
+        self._log = log
+
+    def log(self, msg: str) -> None:
+        if self.info.is_main:
+            self._log(msg)
+
+    # ------------------------------------------------------------------ set-up
+    def _prepare_run_dir(self) -> None:
+        if not self.resume and list_checkpoints(self.run_dir):
+            raise FacefactorsError(f"{self.run_dir} already holds a trained run; use --resume {self.run_dir} "
+                                   "to continue it, or choose another --out")
+        if self.info.is_main:
+            (self.run_dir / "checkpoints").mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "figures").mkdir(exist_ok=True)
+            write_text(self.run_dir / "config.yaml", dump_config(self.cfg))
+
+    def _setup(self) -> None:
+        cfg = self.cfg
+        if cfg.train.num_threads:
+            torch.set_num_threads(cfg.train.num_threads)
+        if self.device.type == "cuda":
+            self.device = torch.device("cuda", self.info.local_rank if self.info.enabled else
+                                       (self.device.index or 0))
+            torch.cuda.set_device(self.device)
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+        if cfg.train.batch_size % self.info.world_size:
+            raise FacefactorsError(f"train.batch_size={cfg.train.batch_size} does not split evenly over "
+                                   f"{self.info.world_size} processes")
+        self._prepare_run_dir()
+        self.ds = self._dataset if self._dataset is not None else make_dataset(cfg.data)
+        torch.manual_seed(cfg.seed)
+        self.model = build_model(cfg, self.ds).to(self.device)
+        if cfg.train.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        ddp.broadcast_module(self.model, self.info)
+        specs = self.model.optimizers()
+        self.groups = {name: spec.params for name, spec in specs.items()}
+        self.optimizers = {name: spec.build() for name, spec in specs.items()}
+        self.sampler = EpochSampler(self.ds.split("train"), cfg.train.batch_size, cfg.seed)
+        self.start_step = 0
+        # Training randomness (noise, shuffles) differs per process but is seeded.
+        torch.manual_seed(cfg.seed * 7919 + 1 + self.info.rank)
+        if self.resume:
+            path = latest_checkpoint(self.run_dir)
+            self.start_step, rng, _ = load_checkpoint(path, self.model, self.optimizers, cfg.model.method)
+            key = f"rng/{self.info.rank}"
+            if key in rng:
+                torch.set_rng_state(rng[key])
+            self.log(f"resumed {self.run_dir} from {path.name} (step {self.start_step})")
+        test_idx = self.ds.split("test")
+        self.preview_index = test_idx[:8] if len(test_idx) else self.ds.split("train")[:8]
+
+    # ------------------------------------------------------------------ helpers
+    def _save(self, step: int) -> Path:
+        rng = ddp.gather_rng_states(self.info)
+        path = checkpoint_path(self.run_dir, step)
+        if self.info.is_main:
+            save_checkpoint(path, self.model, self.optimizers, step, self.cfg.model.method, rng)
+            for old in list_checkpoints(self.run_dir)[:-max(1, self.cfg.train.keep_checkpoints)]:
+                old.unlink()
+        ddp.barrier(self.info)
+        return path
+
+    def _preview(self, step: int) -> None:
+        if not self.info.is_main:
+            return
+        from facefactors.viz.grids import reconstruction_grid
+        from facefactors.io import save_png
+
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            grid = reconstruction_grid(self.model, self.ds.batch(self.preview_index).image.to(self.device))
+        self.model.train(was_training)
+        save_png(self.run_dir / "figures" / "preview.png", grid)
+
+    def _append_log(self, record: dict) -> None:
+        if self.info.is_main:
+            with open(self.run_dir / "log.jsonl", "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def _check_finite(self, group: str, losses: dict[str, torch.Tensor], total: torch.Tensor, step: int) -> None:
+        if torch.isfinite(total.detach()).item():
+            return
+        bad = next((k for k, v in losses.items() if not torch.isfinite(v.detach()).all()), "total")
+        value = float(losses[bad].detach().float().mean()) if bad in losses else float(total)
+        try:
+            last = latest_checkpoint(self.run_dir).name
+        except FacefactorsError:
+            last = "none yet"
+        raise TrainingDiverged(f"loss {group}/{bad} became {value} at step {step}; training stopped "
+                               f"(last good checkpoint: {last})")
+
+    # ------------------------------------------------------------------ the loop
+    def fit(self) -> TrainResult:
+        self.device = resolve_device(self.cfg.train.device)
+        self.info = ddp.init_from_env(self.device.type)
+        try:
+            return self._fit()
+        finally:
+            ddp.shutdown(self.info)
+
+    def _fit(self) -> TrainResult:
+        self._setup()
+        cfg, tc = self.cfg, self.cfg.train
+        model, device = self.model, self.device
+        total_steps = tc.steps
+        step = self.start_step
+        if step >= total_steps:
+            self.log(f"nothing to do: the run is at step {step} of {total_steps}")
+            return TrainResult(self.run_dir, step, 0.0, 0.0, "steps")
+        self.log(f"training {cfg.model.method} on {self.ds.name} ({self.ds.image_size}px, "
+                 f"{len(self.ds.split('train'))} train images) for steps {step}..{total_steps}, "
+                 f"batch {tc.batch_size}, device {device}"
+                 + (f", {self.info.world_size} processes" if self.info.enabled else ""))
+        model.train()
+        bar = tqdm(total=total_steps, initial=step, disable=not (self.info.is_main and tc.progress),
+                   dynamic_ncols=True, unit="step")
+        sums: dict[str, torch.Tensor] = {}
+        n_sum = 0
+        train_seconds = 0.0
+        images = 0
+        window_t, window_images = 0.0, 0
+        stopped = "steps"
+        budget = tc.time_budget_min * 60 if tc.time_budget_min else None
+        while step < total_steps:
+            t0 = time.perf_counter()
+            idx = self.sampler.local_batch(step, self.info.rank, self.info.world_size)
+            batch = self.ds.batch(idx).to(device, channels_last=tc.channels_last)
+            gen = model.train_step(batch, step, total_steps)
+            while True:
+                with _autocast(device, tc.precision):
+                    try:
+                        group, losses = next(gen)
+                    except StopIteration:
+                        break
+                total = sum(losses.values())
+                self._check_finite(group, losses, total, step)
+                opt = self.optimizers[group]
+                opt.zero_grad(set_to_none=True)
+                total.backward()
+                params = self.groups[group]
+                ddp.average_gradients(params, self.info)
+                if tc.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(params, tc.grad_clip)
+                opt.step()
+                for k, v in losses.items():
+                    key = f"{group}/{k}"
+                    sums[key] = sums.get(key, 0.0) + v.detach().float()
+            step += 1
+            n_sum += 1
+            dt = time.perf_counter() - t0
+            train_seconds += dt
+            window_t += dt
+            images += tc.batch_size
+            window_images += tc.batch_size
+            bar.update(1)
+            if budget is not None:
+                over = torch.tensor(float(train_seconds >= budget))
+                if self.info.enabled:
+                    torch.distributed.all_reduce(over, op=torch.distributed.ReduceOp.MAX)
+                if over.item() and step < total_steps:
+                    stopped = "time_budget"
+            if step % tc.log_every == 0 or step == total_steps or stopped != "steps":
+                means = ddp.all_reduce_mean({k: float(v) / n_sum for k, v in sums.items()}, self.info)
+                ips = window_images / max(window_t, 1e-9)
+                self._append_log({"step": step, **{k: round(v, 6) for k, v in means.items()},
+                                  "images_per_s": round(ips, 1), "train_seconds": round(train_seconds, 2)})
+                bar.set_postfix({**{k.split("/")[-1]: f"{v:.4g}" for k, v in means.items()}, "img/s": f"{ips:.0f}"},
+                                refresh=False)
+                sums, n_sum, window_t, window_images = {}, 0, 0.0, 0
+            if tc.preview_every and (step % tc.preview_every == 0 or step == total_steps or stopped != "steps"):
+                self._preview(step)
+            if stopped != "steps":
+                break
+            if step % tc.checkpoint_every == 0 and step != total_steps:
+                self._save(step)
+        bar.close()
+        path = self._save(step)
+        ips = images / max(train_seconds, 1e-9)
+        result = TrainResult(self.run_dir, step, ips, train_seconds, stopped)
+        if self.info.is_main:
+            summary = {"step": step, "steps": total_steps, "stopped": stopped, "images_per_s": round(ips, 1),
+                       "train_seconds": round(train_seconds, 1), "processes": self.info.world_size,
+                       "device": str(device), "checkpoint": path.name,
+                       "n_parameters": sum(p.numel() for p in model.parameters())}
+            write_json(self.run_dir / "train_summary.json", summary)
+        note = " (time budget reached)" if stopped == "time_budget" else ""
+        self.log(f"trained to step {step}{note}: {ips:.0f} images/s over {train_seconds:.0f} s; "
+                 f"checkpoint {path}")
+        return result
