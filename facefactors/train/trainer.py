@@ -132,11 +132,8 @@ class Trainer:
         from facefactors.viz.grids import reconstruction_grid
         from facefactors.io import save_png
 
-        was_training = self.model.training
-        self.model.eval()
-        with torch.no_grad():
-            grid = reconstruction_grid(self.model, self.ds.batch(self.preview_index).image.to(self.device))
-        self.model.train(was_training)
+        images = self.ds.images[torch.as_tensor(self.preview_index)]
+        grid = reconstruction_grid(self.model, images, device=self.device)  # eval mode inside, restored after
         save_png(self.run_dir / "figures" / "preview.png", grid)
 
     def _append_log(self, record: dict) -> None:

@@ -1,0 +1,155 @@
+"""The command line: every verb has help; bad input gives one clear error line, exit 2, no traceback."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from facefactors.cli import main
+from facefactors.train.trainer import Trainer
+from tests.helpers import blobs_dataset, tiny_config
+
+VERBS = ["methods", "data", "train", "evaluate", "encode", "swap", "interpolate", "demo"]
+
+
+def run_cli(capsys, *argv):
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.mark.parametrize("verb", VERBS)
+def test_every_verb_has_help_with_example(verb, capsys):
+    with pytest.raises(SystemExit) as e:
+        main([verb, "--help"])
+    assert e.value.code == 0
+    assert "example:" in capsys.readouterr().out
+
+
+def test_methods_lists_one_line_each(capsys):
+    code, out, _ = run_cli(capsys, "methods")
+    assert code == 0 and out.startswith("autoencoder ")
+
+
+def assert_clean_error(code, err, *fragments):
+    assert code == 2
+    assert err.startswith("facefactors: error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err
+    for f in fragments:
+        assert f in err, (f, err)
+
+
+def test_unknown_method(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {name: digits, size: 32}\nmodel: {method: nosuch, attributes: [digit]}\n")
+    code, _, err = run_cli(capsys, "train", str(cfg), "--out", str(tmp_path / "r"))
+    assert_clean_error(code, err, "unknown method 'nosuch'", "autoencoder")
+
+
+def test_unknown_attribute(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {name: digits, size: 32}\nmodel: {method: autoencoder, attributes: [smile]}\n")
+    code, _, err = run_cli(capsys, "train", str(cfg), "--out", str(tmp_path / "r"))
+    assert_clean_error(code, err, "unknown attribute 'smile'", "digit")
+
+
+def test_unknown_config_key(capsys, tmp_path):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("data: {name: digits, size: 32}\n")
+    code, _, err = run_cli(capsys, "train", str(cfg), "train.stepz=3", "--out", str(tmp_path / "r"))
+    assert_clean_error(code, err, "stepz")
+
+
+def test_missing_config_file(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "train", str(tmp_path / "missing.yaml"))
+    assert_clean_error(code, err, "missing.yaml")
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory):
+    run = tmp_path_factory.mktemp("runs") / "blobs"
+    ds = blobs_dataset()
+    Trainer(tiny_config(), run, dataset=ds, log=lambda m: None).fit()
+    return run, ds
+
+
+def test_checkpoint_of_another_method_or_junk(capsys, trained_run, tmp_path, monkeypatch):
+    import shutil
+
+    run, ds = trained_run
+    monkeypatch.setattr("facefactors.runs.make_dataset", lambda spec: ds)
+    copy = tmp_path / "copy"
+    shutil.copytree(run, copy)
+    cfg = (copy / "config.yaml").read_text().replace("method: autoencoder", "method: nosuch")
+    (copy / "config.yaml").write_text(cfg)
+    code, _, err = run_cli(capsys, "encode", str(copy), "-o", str(tmp_path / "z.npz"))
+    assert_clean_error(code, err, "unknown method 'nosuch'")
+    (copy / "config.yaml").write_text((run / "config.yaml").read_text())
+    ckpt = sorted((copy / "checkpoints").iterdir())[-1]
+    ckpt.write_bytes(b"\x00" * 100)
+    code, _, err = run_cli(capsys, "encode", str(copy), "-o", str(tmp_path / "z.npz"))
+    assert_clean_error(code, err, ckpt.name, "not a facefactors checkpoint")
+    assert not (tmp_path / "z.npz").exists()
+
+
+def test_not_a_run_directory(capsys, tmp_path):
+    code, _, err = run_cli(capsys, "evaluate", str(tmp_path))
+    assert_clean_error(code, err, "not a run directory")
+
+
+def test_swap_bad_images(capsys, trained_run, tmp_path, monkeypatch):
+    from PIL import Image
+
+    run, ds = trained_run
+    monkeypatch.setattr("facefactors.runs.make_dataset", lambda spec: ds)
+    good = tmp_path / "a.png"
+    Image.fromarray(ds.images[0].permute(1, 2, 0).numpy()).save(good)
+    wrong = tmp_path / "big.png"
+    Image.fromarray(np.zeros((64, 64, 3), np.uint8)).save(wrong)
+    corrupt = tmp_path / "corrupt.png"
+    corrupt.write_bytes(b"\x89PNG not really")
+    out = tmp_path / "out.png"
+    code, _, err = run_cli(capsys, "swap", str(run), "--source", str(good), "--donor", str(wrong),
+                           "--parts", "colour", "-o", str(out))
+    assert_clean_error(code, err, "big.png", "64", "32")
+    code, _, err = run_cli(capsys, "swap", str(run), "--source", str(corrupt), "--donor", str(good),
+                           "--parts", "colour", "-o", str(out))
+    assert_clean_error(code, err, "corrupt.png")
+    code, _, err = run_cli(capsys, "swap", str(run), "--source", str(tmp_path / "nope.png"), "--donor", str(good),
+                           "--parts", "colour", "-o", str(out))
+    assert_clean_error(code, err, "nope.png")
+    code, _, err = run_cli(capsys, "swap", str(run), "--source", str(good), "--donor", str(good),
+                           "--parts", "pose", "-o", str(out))
+    assert_clean_error(code, err, "unknown latent part 'pose'")
+    assert not out.exists()
+    # and the good path works
+    code, _, _ = run_cli(capsys, "swap", str(run), "--source", str(good), "--donor", str(good),
+                         "--parts", "colour", "-o", str(out), "--with-inputs")
+    assert code == 0 and Image.open(out).size == (96, 32)
+    code, _, _ = run_cli(capsys, "interpolate", str(run), "--a", str(good), "--b", str(good), "--part", "rest",
+                         "--steps", "5", "-o", str(tmp_path / "strip.png"))
+    assert code == 0 and Image.open(tmp_path / "strip.png").size == (160, 32)
+
+
+def test_encode_writes_parts_labels(capsys, trained_run, tmp_path, monkeypatch):
+    run, ds = trained_run
+    monkeypatch.setattr("facefactors.runs.make_dataset", lambda spec: ds)
+    code, out, _ = run_cli(capsys, "encode", str(run), "--split", "test", "-o", str(tmp_path / "z.npz"))
+    assert code == 0
+    z = np.load(tmp_path / "z.npz")
+    n = len(ds.split("test"))
+    assert z["part/colour"].shape == (n, 4) and z["part/rest"].shape == (n, 4)
+    assert (z["label/colour"] == ds.labels["colour"][ds.split("test")].numpy()).all()
+
+
+def test_resume_via_cli_continues(capsys, tmp_path, monkeypatch):
+    ds = blobs_dataset()
+    monkeypatch.setattr("facefactors.train.trainer.make_dataset", lambda spec: ds)
+    run = tmp_path / "r"
+    Trainer(tiny_config(steps=3), run, dataset=ds, log=lambda m: None).fit()
+    code, _, _ = run_cli(capsys, "train", "--resume", str(run), "train.steps=6")
+    assert code == 0
+    assert json.loads((run / "train_summary.json").read_text())["step"] == 6

@@ -1,0 +1,108 @@
+import json
+
+import pytest
+import torch
+
+from facefactors.errors import FacefactorsError
+from facefactors.train.checkpoint import list_checkpoints, load_checkpoint, read_checkpoint, save_checkpoint
+from facefactors.train.sampler import EpochSampler
+from facefactors.train.trainer import Trainer, TrainingDiverged
+from facefactors.runs import build_model
+from tests.helpers import blobs_dataset, tiny_config
+
+
+def weights(run_dir):
+    tensors, _ = read_checkpoint(list_checkpoints(run_dir)[-1])
+    return {k: v for k, v in tensors.items() if k.startswith("model/")}
+
+
+def quiet(msg):
+    pass
+
+
+def test_same_seed_same_weights(tmp_path):
+    ds = blobs_dataset()
+    Trainer(tiny_config(), tmp_path / "a", dataset=ds, log=quiet).fit()
+    Trainer(tiny_config(), tmp_path / "b", dataset=ds, log=quiet).fit()
+    wa, wb = weights(tmp_path / "a"), weights(tmp_path / "b")
+    assert wa.keys() == wb.keys()
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_resume_is_exact(tmp_path):
+    ds = blobs_dataset()
+    Trainer(tiny_config(steps=6), tmp_path / "straight", dataset=ds, log=quiet).fit()
+    Trainer(tiny_config(steps=3), tmp_path / "stopped", dataset=ds, log=quiet).fit()
+    assert [p.name for p in list_checkpoints(tmp_path / "stopped")] == ["step-00000003.safetensors"]
+    Trainer(tiny_config(steps=6), tmp_path / "stopped", resume=True, dataset=ds, log=quiet).fit()
+    wa, wb = weights(tmp_path / "straight"), weights(tmp_path / "stopped")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "resumed run diverged from the uninterrupted one"
+    steps = [json.loads(line)["step"] for line in (tmp_path / "stopped" / "log.jsonl").read_text().splitlines()]
+    assert steps == [2, 3, 4, 6]
+
+
+def test_run_dir_holds_config_log_checkpoints(tmp_path):
+    ds = blobs_dataset()
+    Trainer(tiny_config(preview_every=3), tmp_path / "r", dataset=ds, log=quiet).fit()
+    run = tmp_path / "r"
+    assert (run / "config.yaml").is_file() and (run / "log.jsonl").is_file()
+    assert (run / "figures" / "preview.png").is_file()
+    summary = json.loads((run / "train_summary.json").read_text())
+    assert summary["step"] == 6 and summary["images_per_s"] > 0
+    rec = json.loads((run / "log.jsonl").read_text().splitlines()[0])
+    assert "autoencoder/rec" in rec and "images_per_s" in rec
+
+
+def test_existing_run_is_not_overwritten(tmp_path):
+    ds = blobs_dataset()
+    Trainer(tiny_config(), tmp_path / "r", dataset=ds, log=quiet).fit()
+    before = weights(tmp_path / "r")
+    with pytest.raises(FacefactorsError, match="already holds a trained run"):
+        Trainer(tiny_config(), tmp_path / "r", dataset=ds, log=quiet).fit()
+    after = weights(tmp_path / "r")
+    assert all(torch.equal(before[k], after[k]) for k in before)
+
+
+def test_nan_loss_stops_with_name_and_keeps_checkpoint(tmp_path, monkeypatch):
+    from facefactors.methods.autoencoder import Autoencoder
+
+    original = Autoencoder.train_step
+
+    def poisoned(self, batch, step, total):
+        for group, losses in original(self, batch, step, total):
+            if step == 4:
+                losses = {**losses, "rec": losses["rec"] * float("nan")}
+            yield group, losses
+
+    monkeypatch.setattr(Autoencoder, "train_step", poisoned)
+    ds = blobs_dataset()
+    with pytest.raises(TrainingDiverged, match=r"loss autoencoder/rec became nan at step 4.*step-00000003"):
+        Trainer(tiny_config(), tmp_path / "r", dataset=ds, log=quiet).fit()
+    assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["step-00000003.safetensors"]
+
+
+def test_checkpoint_rejects_foreign_files(tmp_path):
+    ds = blobs_dataset()
+    model = build_model(tiny_config(), ds)
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"this is not a checkpoint at all")
+    with pytest.raises(FacefactorsError, match="junk.safetensors is not a facefactors checkpoint"):
+        load_checkpoint(junk, model, None, "autoencoder")
+    good = tmp_path / "good.safetensors"
+    save_checkpoint(good, model, {}, 1, "autoencoder", [torch.get_rng_state()])
+    with pytest.raises(FacefactorsError, match="trained with method 'autoencoder'.*'d2ae'"):
+        load_checkpoint(good, model, None, "d2ae")
+    other = build_model(tiny_config(), ds)
+    other.decoder.fc[0] = torch.nn.Linear(3, 5)
+    with pytest.raises(FacefactorsError, match="does not fit this model"):
+        load_checkpoint(good, other, None, "autoencoder")
+
+
+def test_sampler_is_a_pure_function_of_step():
+    idx = torch.arange(10).numpy() * 3
+    s1, s2 = EpochSampler(idx, 4, seed=1), EpochSampler(idx, 4, seed=1)
+    seq = [s1.global_batch(k) for k in range(6)]
+    assert all((s2.global_batch(k) == seq[k]).all() for k in reversed(range(6)))
+    first_epoch = sorted(list(seq[0]) + list(seq[1]) + list(seq[2][:2]))
+    assert first_epoch == sorted(idx.tolist())  # every image once per epoch
+    assert (s1.local_batch(3, 0, 2) == seq[3][0::2]).all()
