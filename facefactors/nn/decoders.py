@@ -8,18 +8,22 @@ from facefactors.nn.blocks import n_halvings, norm_layer, stage_widths, up_block
 
 
 class ConvUpsampler(nn.Module):
-    """Feature map at ``in_size`` -> image at ``image_size`` through transposed-conv stages."""
+    """Feature map at ``in_size`` -> image at ``image_size`` through transposed-conv stages.
+
+    As in DCGAN, the last stage maps straight to the image channels: no full-resolution
+    feature maps, which dominate the cost of a decoder on CPU.
+    """
 
     def __init__(self, image_size: int, channels: int, in_channels: int, in_size: int, width: int = 32,
                  norm: str = "batch"):
         super().__init__()
         n = n_halvings(image_size, in_size)
-        widths = list(reversed(stage_widths(width, n)))  # widest first
+        widths = list(reversed(stage_widths(width, n)))  # widest first, `width` last
         layers: list[nn.Module] = [nn.Conv2d(in_channels, widths[0], 3, 1, 1), norm_layer(norm, widths[0]),
                                    nn.ReLU(inplace=True)]
-        for cin, cout in zip(widths, widths[1:] + [width]):
+        for cin, cout in zip(widths[:-1], widths[1:]):
             layers.append(up_block(cin, cout, norm))
-        layers += [nn.Conv2d(width, channels, 3, 1, 1), nn.Tanh()]
+        layers += [nn.ConvTranspose2d(widths[-1], channels, 4, 2, 1), nn.Tanh()]
         self.net = nn.Sequential(*layers)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,198 @@
+"""A self-contained HTML report of one evaluation: tables plus figures embedded as base64 PNGs.
+
+No external resources (no scripts, fonts, stylesheets or image links), so the file can be
+mailed, archived or opened offline and still shows everything.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+from facefactors.io import write_text
+
+SECTIONS = (
+    ("reconstruct", "Reconstructions"),
+    ("swap", "Swap grids"),
+    ("interp", "Interpolations"),
+    ("leakage", "Leakage"),
+    ("counterfactual", "Counterfactual transfer"),
+)
+
+CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;max-width:1200px;
+color:#1f2937;padding:0 16px}
+h1{font-size:1.5em;margin-bottom:4px}h2{margin-top:32px;border-bottom:1px solid #e5e7eb;padding-bottom:4px}
+table{border-collapse:collapse;margin:8px 0 16px;font-size:0.9em}
+th,td{border:1px solid #d1d5db;padding:4px 8px;text-align:right}
+th{background:#f3f4f6}td.l,th.l{text-align:left}
+td.diag{outline:2px solid #16a34a;outline-offset:-2px;font-weight:600}
+.sub{color:#6b7280;font-size:0.8em}.note{color:#4b5563;font-size:0.9em}
+figure{margin:12px 0 24px}figcaption{font-size:0.9em;color:#374151;margin-bottom:4px}
+img{max-width:100%;image-rendering:pixelated;border:1px solid #e5e7eb}
+"""
+
+
+def _e(v: Any) -> str:
+    return html.escape(str(v), quote=True)
+
+
+def _num(v: Any, fmt: str = "{:.3f}") -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, (int, float)):
+        return _e(fmt.format(v))
+    return _e(v)
+
+
+def _table(header: list[str], rows: list[list[str]], first_left: bool = True) -> str:
+    """Rows are pre-escaped HTML cells (str) or (html, css class) tuples."""
+    out = ["<table><tr>"]
+    out += [f'<th class="l">{_e(h)}</th>' if i == 0 and first_left else f"<th>{_e(h)}</th>"
+            for i, h in enumerate(header)]
+    out.append("</tr>")
+    for row in rows:
+        out.append("<tr>")
+        for i, cell in enumerate(row):
+            cls = "l" if i == 0 and first_left else ""
+            if isinstance(cell, tuple):
+                cell, extra = cell
+                cls = (cls + " " + extra).strip()
+            out.append(f'<td class="{cls}">{cell}</td>' if cls else f"<td>{cell}</td>")
+        out.append("</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _headline_section(metrics: Mapping[str, Any]) -> str:
+    from facefactors.eval.evaluate import headline
+
+    h = headline(metrics)
+    rows = [["PSNR (dB)", _num(h.get("psnr"), "{:.2f}")], ["MSE", _num(h.get("mse"), "{:.5f}")],
+            ["SSIM", _num(h.get("ssim"))]]
+    for kind, best in h["max_offdiag_leakage"].items():
+        where = f' <span class="sub">({_e(best["part"])} &rarr; {_e(best["attribute"])})</span>' if best else ""
+        rows.append([f"max off-diagonal normalized leakage, {_e(kind)}", _num(best and best["value"]) + where])
+    for kind, best in (h.get("max_offdiag_leakage_unlinked") or {}).items():
+        where = f' <span class="sub">({_e(best["part"])} &rarr; {_e(best["attribute"])})</span>' if best else ""
+        rows.append([f"&hellip; excluding identity-linked attributes in identity, {_e(kind)}",
+                     _num(best and best["value"]) + where])
+    for kind, diag in h["diagonal_accuracy"].items():
+        for attr, acc in diag.items():
+            rows.append([f"diagonal accuracy {_e(attr)}, {_e(kind)}", _num(acc)])
+    for part, r in h["counterfactual"].items():
+        rows.append([f"counterfactual {_e(part)}: ratio to reconstruction / to no change",
+                     f"{_num(r['ratio_to_reconstruction'])} / {_num(r['ratio_to_no_change'])}"])
+        rows.append([f"counterfactual {_e(part)}, changed region: ratio to reconstruction / to no change",
+                     f"{_num(r['region_ratio_to_reconstruction'])} / {_num(r['region_ratio_to_no_change'])}"])
+    return "<h2>Headline</h2>" + _table(["figure", "value"], rows)
+
+
+def _leakage_section(leakage: Mapping[str, Any]) -> str:
+    if not leakage:
+        return ""
+    from facefactors.viz.plots import leakage_axes
+
+    parts, attrs = leakage_axes(leakage)
+    out = ["<h2>Leakage</h2>",
+           '<p class="note">Normalized leakage (accuracy &minus; chance) / (1 &minus; chance) of a fresh probe fit '
+           "on train-split latents and scored on test-split latents; below it accuracy / chance. "
+           "Diagonal cells (the attribute's own part) are outlined: high is good there, 0 is the goal elsewhere.</p>"]
+    for kind, by_part in leakage.items():
+        rows = []
+        for p in parts:
+            row: list = [_e(p)]
+            for a in attrs:
+                entry = by_part.get(p, {}).get(a)
+                if entry is None:
+                    row.append("&ndash;")
+                    continue
+                cell = (f"{_num(entry.get('normalized'))}<br><span class=\"sub\">"
+                        f"{_num(entry.get('accuracy'))} / {_num(entry.get('chance'))}</span>")
+                row.append((cell, "diag") if p == a else cell)
+            rows.append(row)
+        out.append(f"<h3>{_e(kind)} probe</h3>")
+        out.append(_table(["part \\ attribute"] + attrs, rows))
+    return "".join(out)
+
+
+def _counterfactual_section(cf: Mapping[str, Any]) -> str:
+    if not cf:
+        return ""
+    keys = ["mse", "ratio_to_reconstruction", "ratio_to_no_change", "region_mse",
+            "region_ratio_to_reconstruction", "region_ratio_to_no_change", "n_pairs"]
+    rows = [[_e(p)] + [_num(m.get(k), "{:.5f}" if k.endswith("mse") else ("{}" if k == "n_pairs" else "{:.3f}"))
+                       for k in keys] for p, m in cf.items()]
+    return ("<h2>Counterfactual transfer</h2>"
+            '<p class="note">The swapped decode against the re-rendered truth. Ratio to reconstruction 1 = as good '
+            "as reconstructing the truth itself; ratio to no change 1 = no better than leaving the source "
+            "unchanged. <i>region</i> figures count only the pixels the true change touches.</p>"
+            + _table(["part"] + keys, rows))
+
+
+def _section_of(title: str, path: Path) -> str:
+    key = (title + " " + path.stem).lower()
+    for word, name in SECTIONS:
+        if word in key:
+            return name
+    return "Other figures"
+
+
+def _figure_sections(figures: Mapping[str, str | os.PathLike], run_dir: Path) -> str:
+    by_section: dict[str, list[str]] = {name: [] for _, name in SECTIONS}
+    by_section["Other figures"] = []
+    for title, path in figures.items():
+        path = Path(path)
+        if not path.is_absolute() and (run_dir / path).exists():
+            path = run_dir / path
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        by_section[_section_of(title, path)].append(
+            f'<figure><figcaption>{_e(title)}</figcaption>'
+            f'<img alt="{_e(title)}" src="data:image/png;base64,{data}"></figure>')
+    out = []
+    for name, items in by_section.items():
+        if items:
+            out.append(f"<h2>Figures: {_e(name)}</h2>" + "".join(items))
+    return "".join(out)
+
+
+def _info_section(metrics: Mapping[str, Any]) -> str:
+    rows = []
+    ds = metrics.get("dataset") or {}
+    if ds:
+        rows.append(["dataset", _e(f"{ds.get('name')} ({ds.get('size')} images; {ds.get('n_train')} train, "
+                                   f"{ds.get('n_test')} test)")])
+    if metrics.get("method"):
+        rows.append(["method", _e(metrics["method"])])
+    parts = metrics.get("parts") or {}
+    if parts:
+        rows.append(["latent parts", _e(", ".join(f"{p} ({d})" for p, d in parts.items()))])
+    cfg = metrics.get("eval_config") or {}
+    if cfg:
+        rows.append(["evaluation settings", _e(", ".join(f"{k}={v}" for k, v in cfg.items()))])
+    return _table(["", ""], rows) if rows else ""
+
+
+def render_report(metrics: Mapping[str, Any], figures: Mapping[str, str | os.PathLike], title: str,
+                  run_dir: str | os.PathLike = ".") -> str:
+    """The report as an HTML string (see ``write_report``)."""
+    body = [f"<h1>{_e(title)}</h1>", _info_section(metrics), _headline_section(metrics),
+            _leakage_section(metrics.get("leakage") or {}),
+            _counterfactual_section(metrics.get("counterfactual") or {}),
+            _figure_sections(figures, Path(run_dir))]
+    return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
+            f"<title>{_e(title)}</title><style>{CSS}</style></head><body>\n"
+            + "\n".join(b for b in body if b) + "\n</body></html>\n")
+
+
+def write_report(run_dir: str | os.PathLike, metrics: Mapping[str, Any],
+                 figures: Mapping[str, str | os.PathLike], title: str) -> Path:
+    """Write ``run_dir/report.html`` atomically: headline, leakage and counterfactual tables,
+    then ``figures`` (title -> PNG path, relative paths taken from ``run_dir``) embedded as
+    base64 data URIs and grouped by section. Returns the report's path."""
+    run_dir = Path(run_dir)
+    path = run_dir / "report.html"
+    write_text(path, render_report(metrics, figures, title, run_dir))
+    return path
