@@ -88,27 +88,29 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from facefactors.config import apply_overrides
-    from facefactors.eval.evaluate import EvalConfig, evaluate, headline
     from facefactors.config import build_dataclass
+    from facefactors.eval.evaluate import EvalConfig, evaluate
     from facefactors.runs import load_run
 
     run = load_run(args.run, device=args.device)
     eval_cfg = build_dataclass(EvalConfig, apply_overrides(dict(run.config.eval), args.overrides), "eval")
-    metrics = evaluate(run.model, run.dataset, run.run_dir, eval_cfg, device=args.device)
-    print_headline(headline(metrics))
+    metrics = evaluate(run.model, run.dataset, run.run_dir, eval_cfg, device=args.device, log=_quiet)
+    print_headline(metrics)
     print(f"report: {run.run_dir / 'report.html'}")
     return 0
 
 
-def print_headline(h: dict) -> None:
-    for key, value in h.items():
-        if isinstance(value, dict):
-            inner = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in value.items())
-            print(f"  {key}: {inner}")
-        elif isinstance(value, float):
-            print(f"  {key}: {value:.3f}")
-        else:
-            print(f"  {key}: {value}")
+def print_headline(metrics: dict) -> None:
+    from facefactors.eval.evaluate import headline_lines
+
+    for line in headline_lines(metrics):
+        print(f"  {line}")
+
+
+def _quiet(msg: str) -> None:
+    """Progress lines of the evaluator, shortened to its section headers."""
+    if not msg.startswith(" "):
+        print(msg, flush=True)
 
 
 def cmd_encode(args) -> int:

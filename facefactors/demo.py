@@ -51,9 +51,9 @@ def _prepare(out: Path) -> None:
 
 
 def run_demo(quick: bool = False, out: Path = Path("runs/demo"), device: str = "auto") -> int:
-    from facefactors.cli import print_headline
+    from facefactors.cli import _quiet, print_headline
     from facefactors.data import make_dataset
-    from facefactors.eval.evaluate import EvalConfig, evaluate, headline
+    from facefactors.eval.evaluate import EvalConfig, evaluate
     from facefactors.runs import resolve_device
     from facefactors.train.trainer import Trainer
 
@@ -76,8 +76,9 @@ def run_demo(quick: bool = False, out: Path = Path("runs/demo"), device: str = "
     from facefactors.runs import load_run
 
     run = load_run(out, device=str(dev), dataset=ds)
-    metrics = evaluate(run.model, ds, out, build_dataclass(EvalConfig, cfg.eval, "eval"), device=str(dev))
+    metrics = evaluate(run.model, ds, out, build_dataclass(EvalConfig, cfg.eval, "eval"), device=str(dev),
+                       log=_quiet)
     print(f"done in {(time.perf_counter() - t0) / 60:.1f} min. Headline figures:")
-    print_headline(headline(metrics))
+    print_headline(metrics)
     print(f"report: {(out / 'report.html').resolve()}")
     return 0

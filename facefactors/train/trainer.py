@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -176,8 +176,9 @@ class Trainer:
                  f"batch {tc.batch_size}, device {device}"
                  + (f", {self.info.world_size} processes" if self.info.enabled else ""))
         model.train()
+        interactive = sys.stderr.isatty()
         bar = tqdm(total=total_steps, initial=step, disable=not (self.info.is_main and tc.progress),
-                   dynamic_ncols=True, unit="step")
+                   dynamic_ncols=True, unit="step", mininterval=0.5 if interactive else 30.0)
         sums: dict[str, torch.Tensor] = {}
         n_sum = 0
         train_seconds = 0.0

@@ -1,0 +1,107 @@
+"""Benchmark one config: train it (with its fixed budget), evaluate it, and write the figures.
+
+    python benchmarks/train_and_evaluate.py configs/autoencoder_synthfaces.yaml --out runs/bench/ae [key=value ...]
+
+Writes ``benchmarks/results/<run name>.json`` (headline metrics, training speed, machine,
+date, command) and prints a markdown block ready for BENCHMARKS.md.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from facefactors.config import build_dataclass, load_config
+from facefactors.eval.evaluate import EvalConfig, evaluate, headline
+from facefactors.io import write_json
+from facefactors.runs import load_run
+from facefactors.train.trainer import Trainer
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = f", GPU {torch.cuda.get_device_name()}" if torch.cuda.is_available() else ""
+    return f"{os.cpu_count()} cores ({cpu}){gpu}, torch {torch.__version__}, {torch.get_num_threads()} threads"
+
+
+def leakage_table(metrics: dict, kind: str) -> str:
+    leak = metrics["leakage"][kind]
+    attrs = list(next(iter(leak.values())))
+    lines = ["| part \\ attribute | " + " | ".join(attrs) + " |", "|---" * (len(attrs) + 1) + "|"]
+    for part, row in leak.items():
+        cells = []
+        for a in attrs:
+            v = row.get(a)
+            txt = "" if v is None else f"{v['normalized']:.2f}"
+            cells.append(f"**{txt}**" if a == part else txt)
+        lines.append(f"| {part} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def markdown(result: dict) -> str:
+    m, h = result["metrics"], result["headline"]
+    t = result["train"]
+    out = [f"Command: `{result['command']}`  ", f"Machine: {result['machine']}  ", f"Date: {result['date']}", "",
+           f"- training: {t['step']} steps ({t['stopped']}), {t['images_per_s']:.0f} images/s, "
+           f"{t['train_seconds'] / 60:.1f} min",
+           f"- reconstruction (test): PSNR {h['psnr']:.2f} dB, MSE {h['mse']:.5f}, SSIM {h['ssim']:.3f}"]
+    for kind, best in h["max_offdiag_leakage"].items():
+        diag = ", ".join(f"{a} {v:.3f}" for a, v in h["diagonal_accuracy"][kind].items())
+        out.append(f"- {kind} probe: diagonal accuracy {diag}; max off-diagonal normalized leakage "
+                   f"{best['value']:.2f} ({best['part']} -> {best['attribute']})")
+    if h["counterfactual"]:
+        out += ["", "| counterfactual part | ratio to rec. | ratio to no change | region ratio to rec. | "
+                "region ratio to no change |", "|---|---|---|---|---|"]
+        for part, r in h["counterfactual"].items():
+            out.append(f"| {part} | {r['ratio_to_reconstruction']:.2f} | {r['ratio_to_no_change']:.2f} | "
+                       f"{r['region_ratio_to_reconstruction']:.2f} | {r['region_ratio_to_no_change']:.2f} |")
+    for kind in m["leakage"]:
+        out += ["", f"Normalized leakage, {kind} probe (rows: latent parts; diagonal in bold):", "",
+                leakage_table(m, kind)]
+    return "\n".join(out)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("config")
+    ap.add_argument("overrides", nargs="*")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    cfg = load_config(args.config, args.overrides)
+    t0 = time.perf_counter()
+    train = Trainer(cfg, args.out).fit()
+    run = load_run(args.out)
+    metrics = evaluate(run.model, run.dataset, run.run_dir, build_dataclass(EvalConfig, cfg.eval, "eval"))
+    result = {
+        "command": "python " + " ".join(sys.argv),
+        "machine": machine(),
+        "date": dt.date.today().isoformat(),
+        "config": args.config,
+        "overrides": args.overrides,
+        "train": json.loads((Path(args.out) / "train_summary.json").read_text()),
+        "wall_minutes": round((time.perf_counter() - t0) / 60, 1),
+        "headline": headline(metrics),
+        "metrics": metrics,
+    }
+    name = Path(args.out).name
+    write_json(Path(__file__).parent / "results" / f"{name}.json", result)
+    print(markdown(result))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
