@@ -6,7 +6,7 @@ import importlib
 from facefactors.errors import FacefactorsError
 
 _REGISTRY: dict[str, type] = {}
-_BUILTIN_MODULES = ["autoencoder"]
+_BUILTIN_MODULES = ["autoencoder", "adversarial_attributes"]
 
 
 def register(cls):

@@ -42,3 +42,17 @@ def n_halvings(image_size: int, to_size: int) -> int:
 def stage_widths(width: int, n: int, cap: int = 8) -> list[int]:
     """Channel widths of n stages: width, 2*width, ... capped at cap*width."""
     return [width * min(2 ** i, cap) for i in range(n)]
+
+
+class ResBlock(nn.Module):
+    """Two 3x3 convs with norm and a skip connection (the decoder's dec-res blocks, Oldfield Table I)."""
+
+    def __init__(self, channels: int, norm: str):
+        super().__init__()
+        self.body = nn.Sequential(nn.Conv2d(channels, channels, 3, 1, 1, bias=norm == "none"),
+                                  norm_layer(norm, channels), nn.ReLU(inplace=True),
+                                  nn.Conv2d(channels, channels, 3, 1, 1, bias=norm == "none"),
+                                  norm_layer(norm, channels))
+
+    def forward(self, x):
+        return x + self.body(x)

@@ -47,3 +47,25 @@ class ImageClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.features(x)
         return {k: head(f) for k, head in self.heads.items()}
+
+
+class CodeShapedClassifier(nn.Module):
+    """Image classifier whose penultimate features have the shape of a latent code.
+
+    Oldfield et al. (Table II) build shallow classifiers whose last layer takes the same
+    (C, s, s) tensor an encoder outputs, so a code can be fed straight into that last
+    layer (``head``) to be classified or pushed towards a uniform posterior.
+    """
+
+    def __init__(self, image_size: int, channels: int, code_channels: int, code_size: int, n_classes: int,
+                 width: int = 32):
+        super().__init__()
+        self.trunk = ConvTrunk(image_size, channels, width, code_size, norm="none")
+        self.to_code = nn.Conv2d(self.trunk.out_channels, code_channels, 1)
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(code_channels * code_size * code_size, n_classes))
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        return self.to_code(self.trunk(x))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.features(x))

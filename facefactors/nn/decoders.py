@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from facefactors.nn.blocks import n_halvings, norm_layer, stage_widths, up_block
+from facefactors.nn.blocks import ResBlock, n_halvings, norm_layer, stage_widths, up_block
 
 
 class ConvUpsampler(nn.Module):
@@ -45,12 +45,13 @@ class VectorDecoder(nn.Module):
 
 
 class MapDecoder(nn.Module):
-    """(B, in_channels, s, s) depth-concatenated spatial codes -> image."""
+    """(B, in_channels, s, s) depth-concatenated spatial codes -> residual blocks -> image."""
 
     def __init__(self, image_size: int, channels: int, in_channels: int, map_size: int = 8, width: int = 32,
-                 norm: str = "batch"):
+                 norm: str = "batch", res_blocks: int = 0):
         super().__init__()
+        self.res = nn.Sequential(*[ResBlock(in_channels, norm) for _ in range(res_blocks)])
         self.up = ConvUpsampler(image_size, channels, in_channels, map_size, width, norm)
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.up(h)
+        return self.up(self.res(h))

@@ -91,10 +91,10 @@ class Trainer:
         if cfg.train.batch_size % self.info.world_size:
             raise FacefactorsError(f"train.batch_size={cfg.train.batch_size} does not split evenly over "
                                    f"{self.info.world_size} processes")
-        self._prepare_run_dir()
         self.ds = self._dataset if self._dataset is not None else make_dataset(cfg.data)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.ds).to(self.device)
+        self._prepare_run_dir()  # only once data and model are known to be good
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         ddp.broadcast_module(self.model, self.info)

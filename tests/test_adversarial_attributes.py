@@ -1,0 +1,95 @@
+import pytest
+import torch
+
+from facefactors.config import build_dataclass, RunConfig
+from facefactors.errors import FacefactorsError
+from facefactors.latent import swap
+from facefactors.methods.adversarial_attributes import shuffle_parts, uniform_cross_entropy
+from facefactors.runs import build_model
+from facefactors.train.checkpoint import list_checkpoints, read_checkpoint
+from facefactors.train.trainer import Trainer
+from tests.helpers import blobs_dataset
+
+
+def aa_config(steps=4, **method) -> RunConfig:
+    return build_dataclass(RunConfig, {
+        "seed": 0, "data": {"name": "digits", "size": 32},
+        "model": {"method": "adversarial_attributes", "attributes": ["colour", "place"], "width": 8},
+        "method": {"code_channels": 4, "code_size": 8, "res_blocks": 1, "critic_width": 8,
+                   "adversary_hidden": 16, **method},
+        "train": {"steps": steps, "batch_size": 8, "log_every": 1, "checkpoint_every": 100, "preview_every": 0,
+                  "progress": False}})
+
+
+def test_uniform_cross_entropy_is_minimal_at_uniform():
+    k = 5
+    assert torch.isclose(uniform_cross_entropy(torch.zeros(3, k)), torch.log(torch.tensor(float(k))))
+    assert uniform_cross_entropy(torch.tensor([[9.0, 0, 0, 0, 0]])) > uniform_cross_entropy(torch.zeros(1, k))
+
+
+def test_shuffle_permutes_attribute_parts_only():
+    from facefactors.latent import Latent
+
+    z = Latent({"a": torch.arange(6.0).view(6, 1), "b": torch.arange(6.0).view(6, 1) + 10,
+                "rest": torch.arange(6.0).view(6, 1) + 20})
+    mixed, perms = shuffle_parts(z, ["a", "b"], torch.Generator().manual_seed(0))
+    assert torch.equal(mixed["rest"], z["rest"])
+    for a in ("a", "b"):
+        assert torch.equal(mixed[a], z[a][perms[a]])
+        assert sorted(perms[a].tolist()) == list(range(6))
+
+
+def test_parts_are_spatial_codes_and_swap_works():
+    ds = blobs_dataset()
+    model = build_model(aa_config(), ds).eval()
+    z = model.encode(ds.batch(range(4)).image)
+    assert z.parts == ["colour", "place", "rest"]
+    assert z["colour"].shape == (4, 4, 8, 8)
+    out = model.decode(swap(z, z.index([1, 0, 3, 2]), ["colour", "place"]))
+    assert out.shape == (4, 3, 32, 32) and out.abs().max() <= 1
+
+
+def test_trains_every_group_and_logs_every_loss(tmp_path):
+    import json
+
+    ds = blobs_dataset()
+    Trainer(aa_config(steps=3), tmp_path / "r", dataset=ds, log=lambda m: None).fit()
+    rec = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[-1])
+    for key in ["classifiers/cls_real", "critic/wgan", "critic/gp", "adversaries/adv_ce", "autoencoder/rec",
+                "autoencoder/cls", "autoencoder/dis", "autoencoder/dis_mlp", "autoencoder/hybrid", "autoencoder/adv"]:
+        assert key in rec, key
+    tensors, _ = read_checkpoint(list_checkpoints(tmp_path / "r")[-1])
+    assert any(k.startswith("optim/critic/") for k in tensors)
+
+
+@pytest.mark.parametrize("override, absent", [({"adv": 0.0}, "critic"), ({"dis": 0.0}, "dis"),
+                                              ({"hybrid": 0.0}, "hybrid")])
+def test_ablations_switch_terms_off(tmp_path, override, absent):
+    import json
+
+    ds = blobs_dataset()
+    Trainer(aa_config(steps=2, adversary_hidden=0, **override), tmp_path / "r", dataset=ds,
+            log=lambda m: None).fit()
+    rec = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[-1])
+    assert not any(k.split("/")[-1] == absent or k.startswith(absent + "/") for k in rec), rec
+
+
+def test_warmup_delays_confusion_terms():
+    ds = blobs_dataset()
+    model = build_model(aa_config(warmup=0.5, ramp=0.25), ds)
+    assert model.schedule(0, 100) == 0.0 and model.schedule(49, 100) == 0.0
+    assert model.schedule(60, 100) == pytest.approx(0.4) and model.schedule(80, 100) == 1.0
+    groups = [g for g, _ in model.train_step(ds.batch(range(8)), 0, 100)]
+    assert groups == ["classifiers", "adversaries", "autoencoder"]
+
+
+def test_continuous_attribute_is_refused():
+    from facefactors.data.specs import AttributeSpec
+
+    ds = blobs_dataset()
+    ds.attributes["size"] = AttributeSpec("size", "continuous")
+    ds.labels["size"] = torch.zeros(len(ds))
+    cfg = aa_config()
+    cfg.model.attributes = ["size"]
+    with pytest.raises(FacefactorsError, match="'size' is continuous"):
+        build_model(cfg, ds)
