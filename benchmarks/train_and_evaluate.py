@@ -80,7 +80,7 @@ def main() -> int:
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--out", required=True)
-    args = ap.parse_args()
+    args = ap.parse_intermixed_args()
     cfg = load_config(args.config, args.overrides)
     t0 = time.perf_counter()
     train = Trainer(cfg, args.out).fit()

@@ -229,8 +229,10 @@ class Trainer:
                 ips = window_images / max(window_t, 1e-9)
                 self._append_log({"step": step, **{k: round(v, 6) for k, v in means.items()},
                                   "images_per_s": round(ips, 1), "train_seconds": round(train_seconds, 2)})
-                bar.set_postfix({**{k.split("/")[-1]: f"{v:.4g}" for k, v in means.items()}, "img/s": f"{ips:.0f}"},
-                                refresh=False)
+                postfix = {**{k.split("/")[-1]: f"{v:.4g}" for k, v in means.items()}, "img/s": f"{ips:.0f}"}
+                if budget is not None:
+                    postfix["budget left"] = f"{max(0.0, budget - train_seconds) / 60:.1f} min"
+                bar.set_postfix(postfix, refresh=False)
                 sums, n_sum, window_t, window_images = {}, 0, 0.0, 0
             if tc.preview_every and (step % tc.preview_every == 0 or step == total_steps or stopped != "steps"):
                 self._preview(step)
