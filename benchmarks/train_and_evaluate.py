@@ -83,7 +83,7 @@ def main() -> int:
     args = ap.parse_intermixed_args()
     cfg = load_config(args.config, args.overrides)
     t0 = time.perf_counter()
-    train = Trainer(cfg, args.out).fit()
+    Trainer(cfg, args.out).fit()
     run = load_run(args.out)
     metrics = evaluate(run.model, run.dataset, run.run_dir, build_dataclass(EvalConfig, cfg.eval, "eval"))
     result = {

@@ -1,12 +1,8 @@
 """The command line: every verb has help; bad input gives one clear error line, exit 2, no traceback."""
 import json
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from facefactors.cli import main
 from facefactors.train.trainer import Trainer

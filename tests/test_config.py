@@ -1,6 +1,6 @@
 import pytest
 
-from facefactors.config import apply_overrides, build_dataclass, dump_config, load_config, RunConfig
+from facefactors.config import apply_overrides, build_dataclass, dump_config, load_config
 from facefactors.errors import FacefactorsError
 
 

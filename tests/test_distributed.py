@@ -3,7 +3,6 @@ import os
 import subprocess
 import sys
 
-import torch
 
 from facefactors.train.checkpoint import list_checkpoints, read_checkpoint
 
