@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import importlib
+import pkgutil
 
 from facefactors.errors import FacefactorsError
 
 _REGISTRY: dict[str, type] = {}
-_BUILTIN_MODULES = ["autoencoder", "adversarial_attributes"]
+_NOT_METHODS = {"base", "registry"}
 
 
 def register(cls):
@@ -20,8 +21,12 @@ def register(cls):
 
 
 def _load_builtins() -> None:
-    for mod in _BUILTIN_MODULES:
-        importlib.import_module(f"facefactors.methods.{mod}")
+    """Import every module of ``facefactors.methods``: a new method is one new file."""
+    import facefactors.methods as package
+
+    for info in pkgutil.iter_modules(package.__path__):
+        if info.name not in _NOT_METHODS and not info.name.startswith("_"):
+            importlib.import_module(f"facefactors.methods.{info.name}")
 
 
 def available() -> dict[str, type]:
