@@ -159,8 +159,21 @@ def build_dataclass(cls: type, values: dict[str, Any] | None, where: str = "") -
     return cls(**kwargs)
 
 
-def load_yaml(path: str | Path) -> dict[str, Any]:
+def deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:
+    """``top`` over ``base``: mappings merge key by key, anything else replaces."""
+    out = copy.deepcopy(base)
+    for k, v in top.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else copy.deepcopy(v)
+    return out
+
+
+def load_yaml(path: str | Path, _chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """Read a config mapping. ``extends: base.yaml`` (relative to this file) merges this file
+    over the base, so an ablation config states only what it changes."""
     path = Path(path)
+    if path.resolve() in _chain:
+        raise FacefactorsError(f"config {path} extends itself through "
+                               + " -> ".join(str(p) for p in (*_chain, path.resolve())))
     if not path.is_file():
         raise FacefactorsError(f"config file not found: {path}")
     try:
@@ -171,6 +184,11 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
         raw = {}
     if not isinstance(raw, dict):
         raise FacefactorsError(f"config file {path} must hold a mapping of sections at the top level")
+    base = raw.pop("extends", None)
+    if base is not None:
+        if not isinstance(base, str):
+            raise FacefactorsError(f"config file {path}: 'extends' must be a file name, got {base!r}")
+        raw = deep_merge(load_yaml(path.parent / base, (*_chain, path.resolve())), raw)
     return raw
 
 

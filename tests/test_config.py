@@ -54,3 +54,14 @@ def test_method_params_are_checked():
     assert params.rec == 2.0 and params.betas == (0.5, 0.9)
     with pytest.raises(FacefactorsError, match="unknown config key method.'dis'"):
         build_dataclass(AutoencoderParams, {"dis": 1.0}, "method")
+
+
+def test_extends_merges_over_the_base_and_names_cycles(tmp_path):
+    (tmp_path / "base.yaml").write_text("seed: 5\ntrain: {steps: 100, batch_size: 16}\nmodel: {width: 8}\n")
+    (tmp_path / "child.yaml").write_text("extends: base.yaml\ntrain: {steps: 7}\n")
+    cfg = load_config(tmp_path / "child.yaml", ["train.batch_size=4"])
+    assert (cfg.seed, cfg.train.steps, cfg.train.batch_size, cfg.model.width) == (5, 7, 4, 8)
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(FacefactorsError, match="extends itself"):
+        load_config(tmp_path / "a.yaml")
