@@ -26,7 +26,9 @@ def build_model(cfg: RunConfig, ds: ImageDataset) -> Method:
     params = build_dataclass(cls.Params, cfg.method, "method")
     attrs = [ds.attribute(a) for a in cfg.model.attributes]
     setup = ModelSetup(image_size=ds.image_size, channels=ds.channels, attributes=attrs,
-                       width=cfg.model.width, part_dims=dict(cfg.model.part_dims), norm=cfg.model.norm)
+                       width=cfg.model.width, part_dims=dict(cfg.model.part_dims), norm=cfg.model.norm,
+                       extra_attributes={n: s.num_classes for n, s in ds.attributes.items()
+                                         if s.discrete and n not in cfg.model.attributes})
     try:
         return cls(setup, params)
     except ValueError as e:  # network sizing problems are config problems

@@ -93,3 +93,28 @@ def test_continuous_attribute_is_refused():
     cfg.model.attributes = ["size"]
     with pytest.raises(FacefactorsError, match="'size' is continuous"):
         build_model(cfg, ds)
+
+
+def test_bottleneck_nuisance_adversaries_and_lazy_critic(tmp_path):
+    import json
+
+    ds = blobs_dataset()
+    cfg = aa_config(steps=2, kl=0.1, confuse_extra=["place"], critic_every=2, attr_width=4)
+    cfg.model.attributes = ["colour"]
+    model = build_model(cfg, ds)
+    assert "colour__place" in model.adversaries and "rest__place" not in model.adversaries
+    model.eval()
+    x = ds.batch(range(4)).image
+    z = model.encode(x)
+    assert z["colour"].shape == (4, 4, 8, 8)  # the mean only, not the log-variance
+    mu, sample, kl = model.encode_stochastic(x)
+    assert torch.equal(mu["rest"], z["rest"]) and not torch.equal(sample["rest"], z["rest"]) and kl > 0
+    Trainer(cfg, tmp_path / "r", dataset=ds, log=lambda m: None).fit()
+    recs = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert "autoencoder/kl" in recs[-1]
+    assert "critic/wgan" in recs[0] and "critic/wgan" not in recs[1]  # steps 0 and 1, critic every 2
+
+
+def test_confuse_extra_must_name_an_unmodelled_attribute():
+    with pytest.raises(FacefactorsError, match="confuse_extra names 'colour'"):
+        build_model(aa_config(confuse_extra=["colour"]), blobs_dataset())

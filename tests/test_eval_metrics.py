@@ -304,3 +304,30 @@ def test_counterfactual_continuous_part_uses_random_pairs(ds):
     metrics, _ = counterfactual_transfer(PosOracle(), ds, n_pairs=30, seed=2)
     assert metrics["pos"]["n_pairs"] == 30 and metrics["pos"]["mse"] == pytest.approx(0.0)
     assert metrics["pos"]["ratio_to_no_change"] == pytest.approx(0.0)
+
+
+class TemplateReader:
+    """A stand-in evaluation oracle: reads colour/shape/background labels and the position x back."""
+
+    def __init__(self):
+        self.model = ShapesOracle()
+
+    def predict(self, images):
+        from facefactors.eval.latents import as_nchw_uint8
+
+        z = self.model.encode(to_float_image(as_nchw_uint8(images)))
+        rest = z["rest"].flatten(1)
+        return {"colour": z["colour"].argmax(1).numpy(), "shape": z["shape"].argmax(1).numpy(),
+                "background": rest[:, :N_BG].argmax(1).numpy(),
+                "x": rest[:, N_BG:N_BG + N_X].argmax(1).numpy().astype(float)}
+
+
+@pytest.mark.parametrize("colour_from, expected", [("colour", 1.0), ("rest", 0.0)])
+def test_counterfactual_oracle_readback(ds, colour_from, expected):
+    metrics, _ = counterfactual_transfer(ShapesOracle(decoder_colour_from=colour_from), ds, n_pairs=40,
+                                         seed=0, batch_size=16, oracle=TemplateReader())
+    r = metrics["colour"]["oracle"]
+    assert r["label_from_donor"] == pytest.approx(expected)  # pairs differ in colour
+    assert r["label_from_donor_truth"] == 1.0
+    assert r["labels_kept"] == {"shape": 1.0, "background": 1.0}
+    assert r["spearman_kept"]["x"] == pytest.approx(1.0) and r["spearman_donor"] == {}

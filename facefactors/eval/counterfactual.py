@@ -10,7 +10,12 @@ decoded swap is scored against T and put in proportion to two references:
   than leaving A untouched (a decoder that ignores the part).
 
 Small attributes (expression) change few pixels, so the same figures are also given
-restricted to the pixels where A and T differ (``region_*``). All are ratios of means
+restricted to the pixels where A and T differ (``region_*``). With an evaluation oracle
+(an independent network trained on real images, ``eval/oracle.py``) the transfers are
+also read back: the share carrying B's label of the swapped attribute and A's labels of
+the others, and Spearman correlations of regressed continuous factors with B's values
+(factors the part owns, e.g. expression intensity) or A's (the rest), beside the same
+correlation measured on the true counterfactual images (the oracle's own ceiling). All are ratios of means
 over pairs, images in [0, 1]. A zero denominator gives 0 when the numerator is 0 too
 and ``None`` otherwise (JSON has no infinity).
 """
@@ -20,6 +25,7 @@ from typing import Callable
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from facefactors.data.specs import ImageDataset, to_float_image, to_uint8_image
 from facefactors.eval.latents import as_nchw_uint8, inference
@@ -77,7 +83,7 @@ def _renderer_images(ds: ImageDataset, factors: dict[str, np.ndarray]) -> torch.
 def counterfactual_transfer(model, ds: ImageDataset, indices=None, n_pairs: int = 256, seed: int = 0,
                             batch_size: int = 256, device: str | torch.device = "cpu",
                             parts: list[str] | None = None, n_examples: int = 6,
-                            log: Callable[[str], None] | None = None
+                            log: Callable[[str], None] | None = None, oracle=None
                             ) -> tuple[dict[str, dict], dict[str, dict[str, np.ndarray]]]:
     """Counterfactual transfer error per part, over seeded pairs from ``indices`` (default: test split).
 
@@ -85,7 +91,8 @@ def counterfactual_transfer(model, ds: ImageDataset, indices=None, n_pairs: int 
     ``examples[part]`` holds the first ``n_examples`` pairs as uint8 (n, H, W, C) arrays
     ``"a"``, ``"b"``, ``"truth"``, ``"transfer"``. Parts are those of ``parts`` (default: the
     model's latent parts) that name an attribute with a factor group; labels of discrete
-    attributes must differ within a pair, otherwise pairs are random.
+    attributes must differ within a pair, otherwise pairs are random. With ``oracle``,
+    ``metrics[part]["oracle"]`` holds the read-back figures (see ``oracle_readback``).
     """
     if ds.factors is None or ds.renderer is None:
         return {}, {}
@@ -118,6 +125,7 @@ def counterfactual_transfer(model, ds: ImageDataset, indices=None, n_pairs: int 
         n_region = 0
         ex = {"a": [], "b": [], "truth": [], "transfer": []}
         n_ex = 0
+        read = {"transfer": [], "truth": []}
         with inference(model):
             for start in range(0, len(ia), batch_size):
                 ba, bb = ia[start:start + batch_size], ib[start:start + batch_size]
@@ -143,6 +151,9 @@ def counterfactual_transfer(model, ds: ImageDataset, indices=None, n_pairs: int 
                     sq = (img - ut).double() ** 2
                     se[k] += float(sq.sum())
                     rse[k] += float(sq[region].sum())
+                if oracle is not None:
+                    read["transfer"].append(oracle.predict(to_uint8_image(transfer.cpu())))
+                    read["truth"].append(oracle.predict(t_u8))
                 if n_ex < n_examples:
                     take = min(n_examples - n_ex, len(ba))
                     for key, u8 in (("a", a_u8), ("b", b_u8), ("truth", t_u8),
@@ -160,12 +171,57 @@ def counterfactual_transfer(model, ds: ImageDataset, indices=None, n_pairs: int 
             "region_ratio_to_no_change": safe_ratio(rse["transfer"], rse["nochange"]) if n_region else None,
             "n_pairs": int(len(ia)),
         }
+        if oracle is not None:
+            metrics[p]["oracle"] = oracle_readback(ds, p, ia, ib, _stack(read["transfer"]), _stack(read["truth"]))
         examples[p] = {k: np.concatenate(v) for k, v in ex.items()}
         if log:
             m = metrics[p]
             log(f"  counterfactual {p}: mse {mse:.5f}, ratio to reconstruction {_fmt(m['ratio_to_reconstruction'])}, "
                 f"region ratio to no change {_fmt(m['region_ratio_to_no_change'])} ({len(ia)} pairs)")
     return metrics, examples
+
+
+def _stack(chunks: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    return {k: np.concatenate([c[k] for c in chunks]) for k in chunks[0]} if chunks else {}
+
+
+def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
+    if len(x) < 3 or np.ptp(x) == 0 or np.ptp(y) == 0:
+        return None
+    return float(spearmanr(x, y).statistic)
+
+
+def oracle_readback(ds: ImageDataset, part: str, ia: np.ndarray, ib: np.ndarray,
+                    transfer: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict:
+    """What an independent oracle reads from transfers of ``part`` from B (``ib``) into A (``ia``).
+
+    ``label_from_donor``: share of transfers classified as B's label of ``part`` (when it is a
+    labelled discrete attribute); ``labels_kept[attr]``: share classified as A's label for each
+    other discrete attribute (for identity-linked ones too: identity swaps change those);
+    ``spearman_donor[col]`` for continuous factors ``part`` owns and ``spearman_kept[col]`` for
+    the others; ``*_truth`` the same read from the true counterfactuals.
+    """
+    owned = set(ds.factor_groups.get(part, []))
+    out: dict = {"labels_kept": {}, "labels_kept_truth": {}, "spearman_donor": {}, "spearman_donor_truth": {},
+                 "spearman_kept": {}, "spearman_kept_truth": {}}
+    for name, spec in ds.attributes.items():
+        if not spec.discrete or name not in transfer:
+            continue
+        y = ds.labels[name].cpu().numpy()
+        if name == part:
+            out["label_from_donor"] = float(np.mean(transfer[name] == y[ib]))
+            out["label_from_donor_truth"] = float(np.mean(truth[name] == y[ib]))
+        else:
+            out["labels_kept"][name] = float(np.mean(transfer[name] == y[ia]))
+            out["labels_kept_truth"][name] = float(np.mean(truth[name] == y[ia]))
+    for col in sorted(k for k in transfer if ds.factors is not None and k in ds.factors
+                      and not (k in ds.attributes and ds.attributes[k].discrete)):
+        values = np.asarray(ds.factors[col], dtype=np.float64)
+        src = values[ib] if col in owned else values[ia]
+        key = "spearman_donor" if col in owned else "spearman_kept"
+        out[key][col] = _spearman(src, transfer[col])
+        out[key + "_truth"][col] = _spearman(src, truth[col])
+    return out
 
 
 def _fmt(v) -> str:

@@ -13,10 +13,20 @@ images only. Losses on the encoders and decoder (paper Eq. 2-9):
 - ``adv``: a WGAN-GP PatchGAN critic judges the hybrids (Eq. 9, gradient penalty ``gp``).
 
 Every term has a weight; 0 switches it off (and its network is not built), so the
-paper's ablations are configs. Two optional additions, off by default: ``adversary_hidden``
-> 0 adds MLP adversaries trained on detached codes (the encoder is pushed to uniform
-posteriors against them as well, which a fixed linear classifier head cannot enforce), and
-``warmup``/``ramp`` delay and ramp in the confusion, hybrid and critic terms.
+paper's ablations are configs. Additions, all off by default (so the defaults are the paper):
+
+- ``adversary_hidden`` > 0: MLP adversaries trained on detached codes; the encoders are
+  also pushed to uniform posteriors against them (a fixed linear classifier head is a weak
+  adversary: an encoder satisfies it by moving orthogonal to its weights);
+- ``confuse_extra``: labelled attributes that are not modelled (background, pose, glasses)
+  whose MLP adversaries confuse the attribute parts too, so those nuisances go to ``rest``;
+- ``kl`` > 0: a variational bottleneck: each encoder gives a mean and a log-variance, the
+  decoder sees a sample during training and KL(q || N(0, I)) (nats, summed over the code)
+  is charged. Information kept in two parts is paid for twice, so redundancy, the source of
+  leakage, is squeezed out; ``encode`` returns the mean;
+- ``warmup``/``ramp`` delay and ramp in the confusion, hybrid and critic terms;
+- ``critic_every`` updates the critic (and applies its term) every k steps; ``attr_width``
+  sets a slimmer conv width for the attribute encoders than for ``rest``; both buy speed.
 """
 from __future__ import annotations
 
@@ -58,13 +68,22 @@ class AdversarialAttributesParams(MethodParams):
     gp: float = 10.0
     adversary_hidden: int = 0             # >0: MLP adversaries on detached codes (not in the paper)
     adversary: float = 1.0                # weight of the uniform loss against those adversaries
+    confuse_extra: tuple[str, ...] = ()   # unmodelled attributes the attribute parts must not carry
+    kl: float = 0.0                       # variational bottleneck weight per nat (0: deterministic codes)
     warmup: float = 0.0                   # fraction of training before dis/hybrid/adv start
     ramp: float = 0.0                     # fraction of training over which they ramp to full weight
+    critic_every: int = 1                 # critic update (and its term) every k steps
+    attr_width: int = 0                   # conv width of the attribute encoders (0: model width)
 
 
 def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
     """Cross-entropy between the uniform distribution and softmax(logits) (Eq. 4), batch mean."""
     return -F.log_softmax(logits.float(), dim=1).mean(dim=1).mean()
+
+
+def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) in nats, summed over the code, batch mean."""
+    return 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).flatten(1).sum(1).mean()
 
 
 def shuffle_parts(z: Latent, attributes: list[str], generator: torch.Generator | None = None
@@ -93,9 +112,19 @@ class AdversarialAttributes(Method):
         p = params
         self.attributes = [a.name for a in setup.attributes]
         self.n_classes = {a.name: a.num_classes for a in setup.attributes}
+        self.extra_classes = dict(setup.extra_attributes) if p.confuse_extra else {}
+        missing = [a for a in p.confuse_extra if a not in self.extra_classes]
+        if missing:
+            raise ValueError(f"confuse_extra names {missing[0]!r}, which is not a categorical attribute of the "
+                             f"dataset (or is modelled already); available: {', '.join(setup.extra_attributes)}")
+        self.extra_classes = {a: self.extra_classes[a] for a in p.confuse_extra}
+        if self.extra_classes and p.adversary_hidden <= 0:
+            raise ValueError("confuse_extra needs MLP adversaries: set adversary_hidden > 0")
         parts = self.attributes + ["rest"]
+        out_channels = p.code_channels * (2 if p.kl > 0 else 1)
         self.encoders = nn.ModuleDict({
-            n: MapEncoder(setup.image_size, setup.channels, p.code_channels, p.code_size, setup.width, setup.norm)
+            n: MapEncoder(setup.image_size, setup.channels, out_channels, p.code_size,
+                          setup.width if n == "rest" or p.attr_width <= 0 else p.attr_width, setup.norm)
             for n in parts})
         self.decoder = MapDecoder(setup.image_size, setup.channels, p.code_channels * len(parts), p.code_size,
                                   setup.width, setup.norm, p.res_blocks)
@@ -106,9 +135,11 @@ class AdversarialAttributes(Method):
         code_dim = p.code_channels * p.code_size * p.code_size
         self.adversaries = None
         if p.adversary_hidden > 0:
-            self.adversaries = nn.ModuleDict({
-                f"{part}__{a}": MLPHead(code_dim, k, p.adversary_hidden)
-                for part in parts for a, k in self.n_classes.items() if a != part})
+            heads = {f"{part}__{a}": MLPHead(code_dim, k, p.adversary_hidden)
+                     for part in parts for a, k in self.n_classes.items() if a != part}
+            heads.update({f"{part}__{a}": MLPHead(code_dim, k, p.adversary_hidden)
+                          for part in self.attributes for a, k in self.extra_classes.items()})
+            self.adversaries = nn.ModuleDict(heads)
 
     # ------------------------------------------------------------------ the model
     @property
@@ -116,7 +147,21 @@ class AdversarialAttributes(Method):
         return self.attributes + ["rest"]
 
     def encode(self, x: torch.Tensor) -> Latent:
-        return Latent((n, self.encoders[n](x)) for n in self.part_names)
+        return Latent((n, self.encoders[n](x)[:, :self.params.code_channels]) for n in self.part_names)
+
+    def encode_stochastic(self, x: torch.Tensor) -> tuple[Latent, Latent, torch.Tensor | None]:
+        """(means, samples, KL) for training; without the bottleneck samples are the means."""
+        if self.params.kl <= 0:
+            z = self.encode(x)
+            return z, z, None
+        c = self.params.code_channels
+        mu, sample, kl = {}, {}, 0.0
+        for n in self.part_names:
+            h = self.encoders[n](x)
+            m, logvar = h[:, :c], h[:, c:].clamp(-12.0, 6.0)
+            mu[n], sample[n] = m, m + torch.randn_like(m) * (0.5 * logvar).exp()
+            kl = kl + gaussian_kl(m, logvar)
+        return Latent(mu), Latent(sample), kl
 
     def decode(self, z: Latent) -> torch.Tensor:
         return self.decoder(torch.cat([z[n] for n in self.part_names], dim=1))
@@ -150,15 +195,16 @@ class AdversarialAttributes(Method):
         yield "classifiers", {"cls_real": sum(F.cross_entropy(self.classifiers[a](x), labels[a])
                                               for a in self.attributes) / len(self.attributes)}
 
-        z = self.encode(x)
-        x_rec = self.decode(z)
-        use_hybrid = s > 0 and (p.hybrid > 0 or self.critic is not None)
+        z, z_sample, kl = self.encode_stochastic(x)
+        x_rec = self.decode(z_sample)
+        use_critic = self.critic is not None and s > 0 and step % p.critic_every == 0
+        use_hybrid = s > 0 and (p.hybrid > 0 or use_critic)
         if use_hybrid:
-            z_mix, perms = shuffle_parts(z, self.attributes)
+            z_mix, perms = shuffle_parts(z_sample, self.attributes)
             x_mix = self.decode(z_mix)
 
         # 2. WGAN-GP critic: real images against (detached) shuffled hybrids
-        if self.critic is not None and use_hybrid:
+        if use_critic:
             fake = x_mix.detach()
             yield "critic", {"wgan": self.critic(fake).mean() - self.critic(x).mean(),
                              "gp": p.gp * gradient_penalty(self.critic, x, fake)}
@@ -171,6 +217,8 @@ class AdversarialAttributes(Method):
 
         # 4. encoders and decoder
         out = {"rec": p.rec * reconstruction_loss(p.rec_loss, x_rec, x)}
+        if kl is not None:
+            out["kl"] = p.kl * kl
         if p.cls > 0:
             out["cls"] = p.cls * sum(F.cross_entropy(self.classifiers[a].head(z[a]), labels[a])
                                      for a in self.attributes) / len(self.attributes)
@@ -185,6 +233,6 @@ class AdversarialAttributes(Method):
         if use_hybrid and p.hybrid > 0:
             out["hybrid"] = s * p.hybrid * sum(F.cross_entropy(self.classifiers[a](x_mix), labels[a][perms[a]])
                                                for a in self.attributes) / len(self.attributes)
-        if self.critic is not None and use_hybrid:
+        if use_critic:
             out["adv"] = -s * p.adv * self.critic(x_mix).mean()
         yield "autoencoder", out

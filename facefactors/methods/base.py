@@ -30,6 +30,9 @@ class ModelSetup:
     width: int = 32                      # base channel width of the conv networks
     part_dims: dict[str, int] = field(default_factory=dict)  # part name -> size (vector parts)
     norm: str = "batch"
+    # the dataset's other discrete attributes (name -> classes): labels a method may use
+    # without giving them a part, e.g. to push nuisances out of the attribute parts
+    extra_attributes: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
