@@ -1,4 +1,5 @@
-"""The ``facefactors`` command line: data, train, evaluate, encode, swap, interpolate, methods, demo."""
+"""The ``facefactors`` command line: data, train, evaluate, compare, ablate, encode, swap, interpolate,
+methods, demo."""
 from __future__ import annotations
 
 import argparse
@@ -113,6 +114,39 @@ def _quiet(msg: str) -> None:
         print(msg, flush=True)
 
 
+def cmd_compare(args) -> int:
+    from facefactors.eval.compare import build_comparison
+
+    parts = [p.strip() for p in args.parts.split(",") if p.strip()] if args.parts else None
+    if args.grid_size < 1:
+        raise FacefactorsError(f"--grid-size must be at least 1, got {args.grid_size}")
+    out = build_comparison(args.runs, args.output, evaluate_missing=args.evaluate, parts=parts,
+                           grid_size=args.grid_size, seed=args.seed, device=args.device, log=_quiet)
+    print(f"wrote {out}")
+    return 0
+
+
+def cmd_ablate(args) -> int:
+    import shlex
+
+    from facefactors.eval.ablation import parse_vary, run_ablation
+    from facefactors.runs import resolve_device
+
+    for o in args.overrides:
+        if "=" not in o:
+            raise FacefactorsError(f"expected key=value overrides after the config file, got {o!r}")
+    varies = [parse_vary(v) for v in args.vary]
+    mode = "grid" if args.grid else "one-at-a-time"
+    command = shlex.join(["facefactors", "ablate", args.config, *args.overrides,
+                          *[x for v in args.vary for x in ("--vary", v)], "--" + mode,
+                          *(["--out", args.out] if args.out else [])])
+    result = run_ablation(args.config, varies, mode, args.out, args.overrides, str(resolve_device(args.device)),
+                          command=command, eval_log=_quiet)
+    print(result.table)
+    print(f"wrote {result.markdown} and {result.html}")
+    return 0
+
+
 def cmd_encode(args) -> int:
     from facefactors.eval.latents import encode_split, save_latents
     from facefactors.runs import load_run
@@ -188,11 +222,26 @@ def cmd_demo(args) -> int:
 
 
 # ------------------------------------------------------------------------- parser
+class _IntermixedParser(argparse.ArgumentParser):
+    """A verb parser that takes positionals after options (``train CFG --out R x=1``)."""
+
+    _inner = False
+
+    def parse_known_args(self, args=None, namespace=None):
+        if self._inner:
+            return super().parse_known_args(args, namespace)
+        self._inner = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._inner = False
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="facefactors", description="Learn, measure and use disentangled image "
                                 "representations.", formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog=_examples("facefactors demo --quick\nfacefactors methods"))
-    sub = p.add_subparsers(dest="verb", metavar="VERB")
+    sub = p.add_subparsers(dest="verb", metavar="VERB", parser_class=_IntermixedParser)
     sub.required = True
     fmt = argparse.RawDescriptionHelpFormatter
 
@@ -231,6 +280,36 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("overrides", nargs="*", metavar="key=value", help="evaluation settings (see EvalConfig)")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_evaluate)
+
+    s = sub.add_parser("compare", help="compare evaluated runs side by side in one HTML page", formatter_class=fmt,
+                       epilog=_examples("facefactors compare runs/aa1 runs/d2ae1 runs/ae1 -o comparison.html\n"
+                                        "facefactors compare runs/ae1 runs/ae2 --evaluate --parts expression"))
+    s.add_argument("runs", nargs="+", metavar="RUN", help="run directories (trained on the same dataset)")
+    s.add_argument("-o", "--output", default="comparison.html", help="HTML file to write (default: comparison.html)")
+    s.add_argument("--evaluate", action="store_true", help="evaluate runs that have no metrics.json yet")
+    s.add_argument("--parts", help="comma-separated parts for the swap grids (default: every part all runs share)")
+    s.add_argument("--grid-size", type=int, default=4, help="sources and donors per swap grid")
+    s.add_argument("--seed", type=int, default=0, help="seed choosing the swap grids' test images")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_compare)
+
+    s = sub.add_parser("ablate", help="train and evaluate config variants; write an ablation table",
+                       formatter_class=fmt, epilog=_examples("""
+                           facefactors ablate configs/adversarial_attributes_synthfaces.yaml \\
+                               --vary method.dis=0,1 --vary method.hybrid=0,0.3 train.time_budget_min=10
+                           facefactors ablate configs/autoencoder_digits.yaml --vary model.width=16,32 \\
+                               --vary method.lr=1e-3,1e-4 --grid --out runs/ablate_ae"""))
+    s.add_argument("config", help="base config file")
+    s.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides applied to every variant")
+    s.add_argument("--vary", action="append", required=True, metavar="KEY=V1,V2",
+                   help="a config key and the values to try (repeatable; values parse like overrides)")
+    mode = s.add_mutually_exclusive_group()
+    mode.add_argument("--one-at-a-time", action="store_true",
+                      help="the base plus one variant per value that differs from it (default)")
+    mode.add_argument("--grid", action="store_true", help="every combination of the varied values")
+    s.add_argument("--out", help="folder for the variant runs and the tables (default: runs/ablate_<config>)")
+    s.add_argument("--device", default="auto", help="device for evaluation (training uses train.device)")
+    s.set_defaults(func=cmd_ablate)
 
     s = sub.add_parser("encode", help="write a split's latents, labels and factors to .npz", formatter_class=fmt,
                        epilog=_examples("facefactors encode runs/ae1 --split test -o latents.npz"))
