@@ -1,8 +1,11 @@
 """The evaluation protocol every method goes through: one call, one metrics.json, one report.
 
 ``evaluate`` encodes (subsampled) train and test splits, fits the leakage probes, measures
-reconstruction and, on procedural data, counterfactual transfer; it writes
-``metrics.json``, the figures under ``figures/`` and a self-contained ``report.html``.
+reconstruction and, on procedural data, counterfactual transfer; then the evaluation suite
+(``EvalConfig.suite``): MIG/DCI/SAP, posterior entropy per part, Hopkins statistics within
+clusters, t-SNE per part, few-shot recognition of unseen identities and Fréchet distances with
+the evaluation oracle's features. It writes ``metrics.json``, the figures under ``figures/``
+and a self-contained ``report.html``.
 """
 from __future__ import annotations
 
@@ -23,6 +26,7 @@ from facefactors.eval.probes import leakage_matrix
 from facefactors.eval.reconstruction import reconstruction_metrics
 from facefactors.io import save_png, write_json
 
+SUITE = ("mig_dci_sap", "entropy", "hopkins", "tsne", "fewshot", "frechet", "readback")
 CF_RATIO_KEYS = ("ratio_to_reconstruction", "ratio_to_no_change",
                  "region_ratio_to_reconstruction", "region_ratio_to_no_change")
 
@@ -39,6 +43,31 @@ class EvalConfig:
     batch_size: int = 256
     seed: int = 0
     grid_size: int = 6            # images per side of swap grids, rows of the other figures
+    # -- the evaluation suite (any subset of SUITE); "readback": the oracle reads counterfactual
+    # transfers back (donor label carried, continuous factors' Spearman correlation) ------------
+    suite: tuple[str, ...] = SUITE
+    n_bins: int = 20              # equal-width bins for continuous factors (MIG/DCI/SAP) and MIG codes
+    dci_max_train: int = 500      # GBT cost grows with samples x dims x classes: see disentanglement.py
+    dci_max_test: int = 500
+    dci_estimators: int = 10      # disentanglement_lib: 100
+    dci_max_features: int | None = 256   # candidate dims per split for wider codes (None: all)
+    dci_chance: bool = False      # also fit DCI on shuffled codes: the chance floor of D (doubles DCI time)
+    sap_max_train: int = 2000
+    sap_max_test: int = 1000
+    hopkins_points: int = 2000    # test codes per part for the Hopkins statistics
+    tsne_points: int = 1000       # test codes per part in each t-SNE figure
+    fewshot_shots: tuple[int, ...] = (1, 5, 10)
+    fewshot_draws: int = 5
+    fewshot_max: int = 4000       # unseen-split images encoded for few-shot
+    frechet_images: int = 1000    # reconstructed / sampled images per Fréchet distance
+    oracle_cache: str | None = None      # folder for cached oracles (default $FACEFACTORS_CACHE or ~/.cache/facefactors)
+    oracle_steps: int | None = None      # training steps of the oracle (None: OracleConfig's default)
+    inception_weights: str | None = None  # pytorch-fid Inception weights file, if installed (never downloaded)
+
+    def __post_init__(self):
+        bad = [s for s in self.suite if s not in SUITE]
+        if bad:
+            raise FacefactorsError(f"unknown evaluation suite entry {bad[0]!r}; choose from {', '.join(SUITE)}")
 
 
 def _subsample(indices: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -100,6 +129,13 @@ def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
             out["max_offdiag_leakage_unlinked"][kind] = best_unlinked
     out["counterfactual"] = {p: {k: m.get(k) for k in CF_RATIO_KEYS}
                              for p, m in (metrics.get("counterfactual") or {}).items()}
+    for p, m in (metrics.get("counterfactual") or {}).items():
+        r = m.get("oracle")
+        if r:
+            out["counterfactual"][p]["label_from_donor"] = r.get("label_from_donor")
+            out["counterfactual"][p]["spearman_donor"] = r.get("spearman_donor")
+    out["mig"] = metrics.get("mig")
+    out["dci_disentanglement"] = (metrics.get("dci") or {}).get("disentanglement")
     return out
 
 
@@ -121,6 +157,19 @@ def headline_lines(metrics: Mapping[str, Any]) -> list[str]:
         lines.append(f"counterfactual {part}: ratio to reconstruction {_f(r['ratio_to_reconstruction'])}, "
                      f"to no change {_f(r['ratio_to_no_change'])}; region: "
                      f"{_f(r['region_ratio_to_reconstruction'])} / {_f(r['region_ratio_to_no_change'])}")
+        if r.get("label_from_donor") is not None or r.get("spearman_donor"):
+            rho = ", ".join(f"{c} {_f(v)}" for c, v in (r.get("spearman_donor") or {}).items())
+            lines.append(f"  read back by the oracle: donor's {part} label {_f(r.get('label_from_donor'))}"
+                         + (f"; Spearman with the donor's {rho}" if rho else ""))
+    if "mig" in metrics or "dci" in metrics:
+        dci = metrics.get("dci") or {}
+        lines.append(f"MIG {_f(h['mig'])}, DCI disentanglement {_f(h['dci_disentanglement'])} / completeness "
+                     f"{_f(dci.get('completeness'))} / informativeness {_f(dci.get('informativeness'))}, "
+                     f"SAP {_f(metrics.get('sap'))}")
+    fd = (metrics.get("frechet") or {}).get("reconstructions")
+    if fd:
+        lines.append(f"Fréchet distance of reconstructions to real test images {_f(fd['value'], '{:.2f}')} "
+                     f"({fd['extractor']})")
     return lines
 
 
@@ -168,6 +217,139 @@ def _figures(model, ds: ImageDataset, parts: list[str], test_all: np.ndarray, le
     return figures
 
 
+def _reconstruct(model, images, cfg: EvalConfig, device):
+    from facefactors.eval.latents import decode_uint8, encode_images
+
+    return decode_uint8(model, encode_images(model, images, cfg.batch_size, device), cfg.batch_size, device)
+
+
+def sample_images(model, ds: ImageDataset, indices: np.ndarray, n: int, seed: int = 0, batch_size: int = 256,
+                  device="cpu") -> tuple[Any, list[str]]:
+    """Decode random draws from the method's priors: every part the method can ``sample`` is
+    drawn, the others come from the codes of ``n`` random real images (``indices``). Returns
+    (uint8 images or None when no part has a prior, the sampled parts)."""
+    import torch
+
+    from facefactors.eval.latents import decode_uint8, encode_images
+
+    rng = np.random.default_rng([seed, 29])
+    pick = rng.choice(indices, size=n, replace=len(indices) < n)
+    z = encode_images(model, ds.images[torch.from_numpy(np.asarray(pick))], batch_size, device)
+    gen = torch.Generator().manual_seed(seed)
+    drawn = {}
+    for p in z.parts:
+        try:
+            with torch.no_grad():
+                t = model.sample(p, n, generator=gen)
+        except NotImplementedError:
+            continue
+        t = torch.as_tensor(t).detach().float().cpu()
+        if t.shape != z[p].shape:
+            raise FacefactorsError(f"method {getattr(model, 'name', '?')!r}: sample({p!r}, {n}) gave shape "
+                                   f"{tuple(t.shape)}, the encoder gives {tuple(z[p].shape)}")
+        drawn[p] = t
+    if not drawn:
+        return None, []
+    return decode_uint8(model, z.replace(**drawn), batch_size, device), list(drawn)
+
+
+def _oracle(ds: ImageDataset, cfg: EvalConfig, device, log):
+    """The evaluation oracle (trained on the real train split, cached), when the suite needs it:
+    to read counterfactual transfers back (``readback``) or as the Fréchet feature extractor."""
+    from facefactors.eval.frechet import inception_weights_path
+    from facefactors.eval.oracle import OracleConfig, get_oracle
+
+    suite = set(cfg.suite)
+    needs = ("readback" in suite and ds.factors is not None and ds.renderer is not None) or (
+        "frechet" in suite and inception_weights_path(cfg.inception_weights) is None)
+    if not needs:
+        return None
+    log("evaluate: evaluation oracle (an independent network trained on the real train images)")
+    ocfg = OracleConfig() if cfg.oracle_steps is None else OracleConfig(steps=cfg.oracle_steps)
+    return get_oracle(ds, ocfg, cache_dir=cfg.oracle_cache, device=device, log=lambda m: log("  " + m))
+
+
+def _frechet(model, ds: ImageDataset, test_all: np.ndarray, train_all: np.ndarray, cfg: EvalConfig, device,
+             log, oracle=None) -> tuple[dict, dict]:
+    """Fréchet distances (reconstructions, prior samples, real train as a floor) and the oracle summary."""
+    import torch
+
+    from facefactors.eval.frechet import frechet_to_real, inception_weights_path
+
+    use_inception = inception_weights_path(cfg.inception_weights) is not None
+    if use_inception:
+        oracle = None
+    oracle_info: dict = {}
+    if oracle is not None:
+        oracle_info = {"fingerprint": oracle.fingerprint, "test": oracle.report}
+    rng = np.random.default_rng([cfg.seed, 31])
+    n = min(cfg.frechet_images, len(test_all))
+    real_idx = np.sort(rng.choice(test_all, size=n, replace=False))
+    kw = dict(batch_size=cfg.batch_size, seed=cfg.seed, inception_weights=cfg.inception_weights, device=device)
+    out: dict = {}
+    if n < 2:
+        return {"skipped": f"only {n} test images"}, oracle_info
+    rec = _reconstruct(model, ds.images[torch.from_numpy(real_idx)], cfg, device)
+    out["reconstructions"] = frechet_to_real(rec, ds, oracle, real_indices=real_idx, **kw)
+    samples, drawn = sample_images(model, ds, test_all, n, cfg.seed, cfg.batch_size, device)
+    if samples is None:
+        out["samples"] = None
+        out["samples_skipped"] = "the method has no prior to sample from"
+    else:
+        out["samples"] = dict(frechet_to_real(samples, ds, oracle, real_indices=real_idx, **kw), sampled_parts=drawn)
+    m = min(n, len(train_all))
+    if m >= 2:
+        train_idx = np.sort(rng.choice(train_all, size=m, replace=False))
+        out["real_train"] = frechet_to_real(ds.images[torch.from_numpy(train_idx)], ds, oracle,
+                                            real_indices=real_idx, **kw)
+    for k in ("reconstructions", "samples", "real_train"):
+        if out.get(k):
+            log(f"  Fréchet distance {k} vs real test: {out[k]['value']:.3f} ({out[k]['extractor']})")
+    return out, oracle_info
+
+
+def _suite(model, ds: ImageDataset, train: dict, test: dict, parts: list[str], train_all: np.ndarray,
+           test_all: np.ndarray, test_idx: np.ndarray, cfg: EvalConfig, device, log, oracle=None) -> dict[str, Any]:
+    """The metrics of ``cfg.suite`` that apply to this dataset and model (figures excluded)."""
+    from facefactors.eval.disentanglement import disentanglement_metrics
+    from facefactors.eval.entropy import model_posteriors, posterior_entropy
+    from facefactors.eval.fewshot import fewshot_unseen
+    from facefactors.eval.hopkins import hopkins_table
+
+    out: dict[str, Any] = {}
+    suite = set(cfg.suite)
+    if "mig_dci_sap" in suite and any(f"label/{a}" in test for a in ds.attributes):
+        log("evaluate: MIG, DCI, SAP over all parts' dimensions")
+        out.update(disentanglement_metrics(
+            train, test, ds.attributes, parts, n_bins=cfg.n_bins, dci_max_train=cfg.dci_max_train,
+            dci_max_test=cfg.dci_max_test, dci_estimators=cfg.dci_estimators, dci_max_features=cfg.dci_max_features,
+            sap_max_train=cfg.sap_max_train, sap_max_test=cfg.sap_max_test, dci_chance=cfg.dci_chance,
+            seed=cfg.seed, log=log))
+    if "entropy" in suite:
+        own = model_posteriors(model, ds, test_idx, cfg.batch_size, device)
+        log(f"evaluate: posterior entropy per part ({'the method' if own else 'probe'} classifiers)")
+        out["entropy"] = posterior_entropy(train, test, ds.attributes, parts, own, cfg.max_train, cfg.max_test,
+                                           cfg.seed, log)
+    if "hopkins" in suite:
+        log("evaluate: Hopkins statistics within clusters")
+        out["hopkins"] = hopkins_table(test, ds.attributes, parts, max_points=cfg.hopkins_points, seed=cfg.seed,
+                                       log=log)
+    unseen = np.asarray(ds.splits.get("unseen", np.zeros(0)), np.int64)
+    if "fewshot" in suite and len(unseen) and "identity" in ds.labels:
+        log(f"evaluate: few-shot recognition of unseen identities ({len(unseen)} images)")
+        rng = np.random.default_rng([cfg.seed, 37])
+        pick = _subsample(unseen, cfg.fewshot_max, rng)
+        arrays = encode_split(model, ds, pick, cfg.batch_size, device)
+        out["fewshot"] = fewshot_unseen(arrays, train, parts, "identity", cfg.fewshot_shots, cfg.fewshot_draws,
+                                        seed=cfg.seed, log=log)
+    if "frechet" in suite:
+        log("evaluate: Fréchet distances")
+        out["frechet"], oracle_info = _frechet(model, ds, test_all, train_all, cfg, device, log, oracle)
+        if oracle_info:
+            out["oracle"] = oracle_info
+    return out
+
+
 def evaluate(model, ds: ImageDataset, out_dir, cfg: EvalConfig | None = None, device="cpu",
              log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole protocol on ``model`` and ``ds``; write metrics.json, figures/, report.html.
@@ -205,18 +387,24 @@ def evaluate(model, ds: ImageDataset, out_dir, cfg: EvalConfig | None = None, de
     reconstruction = reconstruction_metrics(model, ds, test_idx, cfg.batch_size, device)
     log(f"  PSNR {reconstruction['psnr']:.2f} dB, MSE {reconstruction['mse']:.5f}, SSIM {reconstruction['ssim']:.3f}")
 
+    oracle = _oracle(ds, cfg, device, log)
     counterfactual: dict = {}
     cf_examples: dict = {}
     if ds.factors is not None and ds.renderer is not None:
         log(f"evaluate: counterfactual transfer ({cfg.n_pairs} pairs per part)")
         counterfactual, cf_examples = counterfactual_transfer(
             model, ds, test_all, cfg.n_pairs, cfg.seed, cfg.batch_size, device, parts,
-            n_examples=min(cfg.grid_size, 4), log=log)
+            n_examples=min(cfg.grid_size, 4), log=log, oracle=oracle if "readback" in cfg.suite else None)
+
+    suite = _suite(model, ds, train, test, parts, train_all, test_all, test_idx, cfg, device, log, oracle)
+    if oracle is not None and "oracle" not in suite:
+        suite["oracle"] = {"fingerprint": oracle.fingerprint, "test": oracle.report}
 
     metrics: dict[str, Any] = {
         "leakage": leakage,
         "reconstruction": reconstruction,
         "counterfactual": counterfactual,
+        **suite,
         "parts": {p: int(test[f"part/{p}"].shape[1]) for p in parts},
         "attributes": {a: {"kind": s.kind, "num_classes": s.num_classes, "identity_linked": s.identity_linked}
                        for a, s in ds.attributes.items()},
@@ -224,11 +412,16 @@ def evaluate(model, ds: ImageDataset, out_dir, cfg: EvalConfig | None = None, de
         "method": getattr(model, "name", "") or type(model).__name__,
         "eval_config": dataclasses.asdict(cfg),
     }
-    metrics["eval_config"]["probes"] = list(cfg.probes)
+    for key in ("probes", "suite", "fewshot_shots"):
+        metrics["eval_config"][key] = list(getattr(cfg, key))
     write_json(out_dir / "metrics.json", metrics)
 
     log("evaluate: figures")
     figures = _figures(model, ds, parts, test_all, leakage, cf_examples, fig_dir, cfg, device, log)
+    if "tsne" in cfg.suite:
+        from facefactors.viz.tsne import tsne_figures
+
+        figures.update(tsne_figures(test, ds.attributes, fig_dir, parts, cfg.tsne_points, cfg.seed, log))
     report = write_report(out_dir, metrics, figures, title=f"{metrics['method']} on {ds.name}")
     log(f"evaluate: wrote {out_dir / 'metrics.json'}, {len(figures)} figures and {report} "
         f"in {time.perf_counter() - t_start:.1f}s")

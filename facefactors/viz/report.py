@@ -19,6 +19,7 @@ SECTIONS = (
     ("interp", "Interpolations"),
     ("leakage", "Leakage"),
     ("counterfactual", "Counterfactual transfer"),
+    ("tsne", "t-SNE per part"),
 )
 
 CSS = """
@@ -87,6 +88,9 @@ def _headline_section(metrics: Mapping[str, Any]) -> str:
                      f"{_num(r['ratio_to_reconstruction'])} / {_num(r['ratio_to_no_change'])}"])
         rows.append([f"counterfactual {_e(part)}, changed region: ratio to reconstruction / to no change",
                      f"{_num(r['region_ratio_to_reconstruction'])} / {_num(r['region_ratio_to_no_change'])}"])
+    if "mig" in metrics or "dci" in metrics:
+        rows.append(["MIG", _num(h.get("mig"))])
+        rows.append(["DCI disentanglement", _num(h.get("dci_disentanglement"))])
     return "<h2>Headline</h2>" + _table(["figure", "value"], rows)
 
 
@@ -130,6 +134,141 @@ def _counterfactual_section(cf: Mapping[str, Any]) -> str:
             "as reconstructing the truth itself; ratio to no change 1 = no better than leaving the source "
             "unchanged. <i>region</i> figures count only the pixels the true change touches.</p>"
             + _table(["part"] + keys, rows))
+
+
+def _disentanglement_section(metrics: Mapping[str, Any]) -> str:
+    if "mig" not in metrics and "dci" not in metrics and "sap" not in metrics:
+        return ""
+    dci = metrics.get("dci") or {}
+    info = metrics.get("disentanglement_info") or {}
+    rows = [["MIG", _num(metrics.get("mig"))], ["DCI disentanglement", _num(dci.get("disentanglement"))],
+            ["DCI completeness", _num(dci.get("completeness"))],
+            ["DCI informativeness (test accuracy)", _num(dci.get("informativeness"))], ["SAP", _num(metrics.get("sap"))]]
+    if dci.get("disentanglement_chance") is not None:
+        rows.insert(3, ["DCI disentanglement / completeness of shuffled codes (chance floor)",
+                        f"{_num(dci.get('disentanglement_chance'))} / {_num(dci.get('completeness_chance'))}"])
+    note = ('<p class="note">Definitions of disentanglement_lib over the dimensions of all parts concatenated '
+            f"({_e(info.get('dims'))} dimensions) against the labelled factors "
+            f"{_e(', '.join(info.get('factors') or []))}")
+    if info.get("binned"):
+        note += f"; continuous factors ({_e(', '.join(info['binned']))}) in {_e(info.get('n_bins'))} equal-width bins"
+    note += (f". MIG on {_e(info.get('mig_n'))} test codes; DCI: gradient-boosted trees "
+             f"({_e(info.get('dci_estimators'))} estimators"
+             + (f", {_e(info['dci_max_features'])} candidate dimensions per split" if info.get("dci_max_features") else "")
+             + f") fit on {_e(info.get('dci_n_train'))} train codes, scored on {_e(info.get('dci_n_test'))} test codes; "
+             f"SAP: 1-D linear SVMs fit on {_e(info.get('sap_n_train'))} train codes, scored on "
+             f"{_e(info.get('sap_n_test'))} test codes. 1 is perfectly disentangled, 0 not at all. With many "
+             "dimensions DCI disentanglement reads high even for noise (sparse importances); the chance floor "
+             "(eval.dci_chance) measures it.</p>")
+    out = "<h2>Disentanglement metrics (MIG, DCI, SAP)</h2>" + note + _table(["metric", "value"], rows)
+    per = info.get("mig_per_factor") or {}
+    if per:
+        out += "<h3>MIG per factor</h3>" + _table(["factor"] + list(per), [["MIG"] + [_num(v) for v in per.values()]])
+    return out
+
+
+def _entropy_section(ent: Mapping[str, Any]) -> str:
+    parts = ent.get("parts") or {}
+    if not parts:
+        return ""
+    attrs: list[str] = []
+    for by_attr in parts.values():
+        attrs += [a for a in by_attr if a not in attrs]
+    rows = []
+    for p, by_attr in parts.items():
+        row: list = [f"{_e(p)} <span class=\"sub\">({_e((ent.get('source') or {}).get(p, ''))})</span>"]
+        for a in attrs:
+            e = by_attr.get(a)
+            if e is None:
+                row.append("&ndash;")
+                continue
+            cell = f"{_num(e.get('normalized'))}<br><span class=\"sub\">{_num(e.get('entropy'))} nats</span>"
+            row.append((cell, "diag") if p == a else cell)
+        rows.append(row)
+    return ("<h2>Classifier posterior entropy</h2>"
+            '<p class="note">Mean entropy of the posterior over each attribute\'s classes given a part\'s code, '
+            "divided by log K (below: in nats). 0 = the code tells the class; 1 = it says nothing about it. "
+            "Goal: ~0 on the diagonal (outlined), ~1 elsewhere. Source per part: the method's own classifiers "
+            "(model) or a logistic-regression probe fit on train codes (probe; on an empty part it reports the "
+            "entropy of the class frequencies).</p>" + _table(["part \\ attribute"] + attrs, rows))
+
+
+def _hopkins_section(hop: Mapping[str, Any]) -> str:
+    if not hop:
+        return ""
+    out = ["<h2>Hopkins statistic within clusters</h2>",
+           '<p class="note">Oldfield et al., Table III: inside each class cluster of a part\'s own attribute, do '
+           "the codes still group by another attribute? Per cluster, the mean &plusmn; std over that attribute's "
+           "labels of the Hopkins statistic of the label's points against the rest of the cluster. ~0.5: the other "
+           "attribute is spread at random through the cluster (disentangled); &rarr; 1: it forms sub-clusters; "
+           "above 0.75 reads as a clustering tendency at 90% confidence.</p>"]
+    for part, by_b in hop.items():
+        if not by_b:
+            continue
+        classes: list[str] = []
+        for r in by_b.values():
+            classes += [c for c in r["per_class"] if c not in classes]
+        rows = []
+        for b, r in by_b.items():
+            row = [_e(b), _num(r.get("mean")), _num(r.get("clustered_fraction"), "{:.2f}")]
+            for c in classes:
+                v = r["per_class"].get(c)
+                row.append("&ndash;" if v is None else f"{_num(v['mean'], '{:.2f}')} &plusmn; {_num(v['std'], '{:.2f}')}")
+            rows.append(row)
+        out.append(f"<h3>clusters of {_e(part)} in part {_e(part)}</h3>")
+        out.append(_table(["grouped by", "mean", "share > 0.75"] + classes, rows))
+    return "".join(out)
+
+
+def _fewshot_section(fs: Mapping[str, Any]) -> str:
+    parts = fs.get("parts") or {}
+    if not parts:
+        return ""
+    shots: list[str] = []
+    for r in parts.values():
+        shots += [k for k in r if k not in shots]
+    rows = []
+    for p, r in parts.items():
+        rows.append([_e(p)] + [("&ndash;" if k not in r else
+                                f"{_num(r[k]['accuracy'])} &plusmn; {_num(r[k]['std'])}<br><span class=\"sub\">"
+                                f"chance {_num(r[k]['chance'])}, {_e(r[k]['n_classes'])} ids</span>") for k in shots])
+    return (f"<h2>Few-shot recognition of unseen {_e(fs.get('attribute', 'identity'))}</h2>"
+            f'<p class="note">{_e(fs.get("n_images"))} images of held-out identities; k examples per identity, the '
+            f"rest classified by {_e(fs.get('method'))} (nearest class mean, cosine, codes standardized with train "
+            f"statistics); mean &plusmn; std over {_e(fs.get('draws'))} draws.</p>"
+            + _table(["part"] + [f"{k}-shot" for k in shots], rows))
+
+
+def _frechet_section(fd: Mapping[str, Any], oracle: Mapping[str, Any]) -> str:
+    if not fd and not oracle:
+        return ""
+    labels = {"reconstructions": "reconstructions of test images", "samples": "samples from the prior",
+              "real_train": "real train images (reference)"}
+    rows = []
+    for key, label in labels.items():
+        r = fd.get(key)
+        if r:
+            extra = f" <span class=\"sub\">(sampled parts: {_e(', '.join(r['sampled_parts']))})</span>" \
+                if r.get("sampled_parts") else ""
+            rows.append([_e(label) + extra, _num(r.get("value"), "{:.3f}"), _e(r.get("n_generated")),
+                         _e(r.get("n_real")), _e(r.get("extractor"))])
+        elif key == "samples" and fd.get("samples_skipped"):
+            rows.append([_e(label), "&ndash;", "", "", _e(fd["samples_skipped"])])
+    out = ("<h2>Fréchet distance to real test images</h2>"
+           '<p class="note">Gaussian fits to image features. The extractor is named: '
+           "<code>facefactors-oracle:&hellip;</code> is our evaluation classifier trained on the real training "
+           "images (compare only runs that name the same one), <code>inception-v3-pool3</code> the standard FID. "
+           "Real train images against the same real test images show the distance of a perfect generator "
+           "(sampling noise only); reconstructions are compared with the very images they reconstruct.</p>"
+           + _table(["images", "Fréchet distance", "n", "n real", "extractor"], rows))
+    test = (oracle or {}).get("test") or {}
+    if test.get("accuracy") or test.get("r2"):
+        cells = [[_e(a), _num(v)] for a, v in test.get("accuracy", {}).items()]
+        cells += [[f"{_e(c)} (R&sup2;)", _num(v)] for c, v in test.get("r2", {}).items()]
+        out += ("<h3>Evaluation oracle on real test images</h3>"
+                f'<p class="note">Accuracy per attribute, R&sup2; per regressed column, on {_e(test.get("n"))} '
+                "test images; it also scores edits and transfers.</p>" + _table(["output", "score"], cells))
+    return out
 
 
 def _section_of(title: str, path: Path) -> str:
@@ -181,6 +320,9 @@ def render_report(metrics: Mapping[str, Any], figures: Mapping[str, str | os.Pat
     body = [f"<h1>{_e(title)}</h1>", _info_section(metrics), _headline_section(metrics),
             _leakage_section(metrics.get("leakage") or {}),
             _counterfactual_section(metrics.get("counterfactual") or {}),
+            _disentanglement_section(metrics), _entropy_section(metrics.get("entropy") or {}),
+            _hopkins_section(metrics.get("hopkins") or {}), _fewshot_section(metrics.get("fewshot") or {}),
+            _frechet_section(metrics.get("frechet") or {}, metrics.get("oracle") or {}),
             _figure_sections(figures, Path(run_dir))]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(title)}</title><style>{CSS}</style></head><body>\n"
@@ -189,8 +331,8 @@ def render_report(metrics: Mapping[str, Any], figures: Mapping[str, str | os.Pat
 
 def write_report(run_dir: str | os.PathLike, metrics: Mapping[str, Any],
                  figures: Mapping[str, str | os.PathLike], title: str) -> Path:
-    """Write ``run_dir/report.html`` atomically: headline, leakage and counterfactual tables,
-    then ``figures`` (title -> PNG path, relative paths taken from ``run_dir``) embedded as
+    """Write ``run_dir/report.html`` atomically: headline, leakage and counterfactual tables, the
+    suite's tables (MIG/DCI/SAP, entropy, Hopkins, few-shot, Fréchet), then ``figures`` (title -> PNG path, relative paths taken from ``run_dir``) embedded as
     base64 data URIs and grouped by section. Returns the report's path."""
     run_dir = Path(run_dir)
     path = run_dir / "report.html"
