@@ -22,7 +22,8 @@ DEMO = {
             "method": {"lr": 1e-3},
             "train": {"steps": 2400, "batch_size": 64, "time_budget_min": 10, "checkpoint_every": 2000,
                       "preview_every": 1000},
-            "eval": {"n_pairs": 200, "max_train": 3000, "max_test": 1500},
+            "eval": {"n_pairs": 200, "max_train": 3000, "max_test": 1500, "oracle_steps": 600,
+                     "tsne_points": 600},
         },
     },
     "quick": {
@@ -35,7 +36,8 @@ DEMO = {
             "method": {"lr": 2e-3},
             "train": {"steps": 1200, "batch_size": 64, "time_budget_min": 1.2, "checkpoint_every": 600,
                       "preview_every": 400},
-            "eval": {"n_pairs": 100, "max_train": 1500, "max_test": 800, "mlp_hidden": 128},
+            "eval": {"n_pairs": 100, "max_train": 1500, "max_test": 800, "mlp_hidden": 128, "oracle_steps": 300,
+                     "suite": ["mig_dci_sap", "entropy", "frechet", "readback"]},
         },
     },
 }
@@ -65,7 +67,8 @@ def run_demo(quick: bool = False, out: Path = Path("runs/demo"), device: str = "
     print(f"facefactors demo{' --quick' if quick else ''}: about {plan['minutes']} minutes on 2 CPU cores "
           f"(less on a GPU).\n  1. generate {d['n']} SynthFaces at {d['size']}px\n  2. train "
           f"'{cfg.model.method}' (at most {cfg.train.steps} steps or {cfg.train.time_budget_min:g} min)\n"
-          f"  3. evaluate (leakage probes, reconstruction, counterfactual transfers) and write {out}/report.html",
+          f"  3. evaluate (leakage probes, reconstruction, counterfactual transfers, "
+          f"{', '.join(cfg.eval.get('suite', ['the full suite']))}) and write {out}/report.html",
           flush=True)
     _prepare(out)
     t0 = time.perf_counter()

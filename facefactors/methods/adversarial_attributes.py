@@ -25,6 +25,8 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   is charged. Information kept in two parts is paid for twice, so redundancy, the source of
   leakage, is squeezed out; ``encode`` returns the mean;
 - ``warmup``/``ramp`` delay and ramp in the confusion, hybrid and critic terms;
+- ``adversary_steps`` updates of the adversaries per step (they must keep up with the
+  encoders to be a real constraint) at their own ``adversary_lr``;
 - ``critic_every`` updates the critic (and applies its term) every k steps; ``attr_width``
   sets a slimmer conv width for the attribute encoders than for ``rest``; both buy speed.
 """
@@ -68,6 +70,8 @@ class AdversarialAttributesParams(MethodParams):
     gp: float = 10.0
     adversary_hidden: int = 0             # >0: MLP adversaries on detached codes (not in the paper)
     adversary: float = 1.0                # weight of the uniform loss against those adversaries
+    adversary_lr: float = 0.0             # their learning rate (0: classifier_lr)
+    adversary_steps: int = 1              # their updates per step on the detached codes (cheap: MLPs)
     confuse_extra: tuple[str, ...] = ()   # unmodelled attributes the attribute parts must not carry
     kl: float = 0.0                       # variational bottleneck weight per nat (0: deterministic codes)
     warmup: float = 0.0                   # fraction of training before dis/hybrid/adv start
@@ -173,7 +177,8 @@ class AdversarialAttributes(Method):
         if self.critic is not None:
             groups["critic"] = OptimizerSpec(list(self.critic.parameters()), p.critic_lr, betas=p.betas)
         if self.adversaries is not None:
-            groups["adversaries"] = OptimizerSpec(list(self.adversaries.parameters()), p.classifier_lr, betas=p.betas)
+            groups["adversaries"] = OptimizerSpec(list(self.adversaries.parameters()),
+                                                  p.adversary_lr or p.classifier_lr, betas=p.betas)
         groups["autoencoder"] = OptimizerSpec(list(self.encoders.parameters()) + list(self.decoder.parameters()),
                                               p.lr, betas=p.betas)
         return groups
@@ -211,9 +216,11 @@ class AdversarialAttributes(Method):
 
         # 3. optional MLP adversaries on detached codes
         if self.adversaries is not None:
-            losses = [F.cross_entropy(head(z[key.split("__")[0]].detach()), labels[key.split("__")[1]])
-                      for key, head in self.adversaries.items()]
-            yield "adversaries", {"adv_ce": sum(losses) / len(losses)}
+            codes = {n: z[n].detach() for n in self.part_names}
+            for _ in range(p.adversary_steps):  # logged adv_ce is the sum over these updates
+                losses = [F.cross_entropy(head(codes[key.split("__")[0]]), labels[key.split("__")[1]])
+                          for key, head in self.adversaries.items()]
+                yield "adversaries", {"adv_ce": sum(losses) / len(losses)}
 
         # 4. encoders and decoder
         out = {"rec": p.rec * reconstruction_loss(p.rec_loss, x_rec, x)}
