@@ -141,11 +141,16 @@ def test_evaluate_writes_everything(ds, tmp_path):
     figs = tmp_path / "figures"
     expected = {"reconstructions.png", "leakage.png", "counterfactual.png"}
     expected |= {f"{k}_{p}.png" for k in ("swap", "interp") for p in ("colour", "shape", "rest")}
-    assert {p.name for p in figs.iterdir()} == expected
-    for name in expected:
+    names = {p.name for p in figs.iterdir()}
+    assert expected <= names
+    extra = names - expected  # the identity-centred figures (no identity attribute here: no ROC)
+    assert "identity_adj_r2.png" in extra and all(n.startswith("identity_") for n in extra)
+    for name in names:
         assert (figs / name).read_bytes().startswith(PNG_MAGIC)
     html = (tmp_path / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == len(expected)
+    assert html.count("data:image/png;base64,") == len(names)
+    assert "Verification, attribute recognition and editing" in html
+    assert set(on_disk["identity"]) >= {"recognition", "gaussianity"}
     assert "http://" not in html and 'src="file' not in html
     assert not [p for p in tmp_path.rglob("*.tmp")]
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -26,7 +26,7 @@ from facefactors.eval.probes import leakage_matrix
 from facefactors.eval.reconstruction import reconstruction_metrics
 from facefactors.io import save_png, write_json
 
-SUITE = ("mig_dci_sap", "entropy", "hopkins", "tsne", "fewshot", "frechet", "readback")
+SUITE = ("mig_dci_sap", "entropy", "hopkins", "tsne", "fewshot", "frechet", "readback", "identity")
 CF_RATIO_KEYS = ("ratio_to_reconstruction", "ratio_to_no_change",
                  "region_ratio_to_reconstruction", "region_ratio_to_no_change")
 
@@ -44,8 +44,11 @@ class EvalConfig:
     seed: int = 0
     grid_size: int = 6            # images per side of swap grids, rows of the other figures
     # -- the evaluation suite (any subset of SUITE); "readback": the oracle reads counterfactual
-    # transfers back (donor label carried, continuous factors' Spearman correlation) ------------
+    # transfers back (donor label carried, continuous factors' Spearman correlation); "identity":
+    # verification, SVM attribute recognition, Gaussianity and SVM-direction editing (eval/identity.py,
+    # settings under ``identity``: IdentityEvalConfig) -------------------------------------------
     suite: tuple[str, ...] = SUITE
+    identity: dict[str, Any] = field(default_factory=dict)
     n_bins: int = 20              # equal-width bins for continuous factors (MIG/DCI/SAP) and MIG codes
     dci_max_train: int = 500      # GBT cost grows with samples x dims x classes: see disentanglement.py
     dci_max_test: int = 500
@@ -170,6 +173,10 @@ def headline_lines(metrics: Mapping[str, Any]) -> list[str]:
     if fd:
         lines.append(f"Fréchet distance of reconstructions to real test images {_f(fd['value'], '{:.2f}')} "
                      f"({fd['extractor']})")
+    if metrics.get("identity"):
+        from facefactors.eval.identity import identity_headline_lines
+
+        lines += identity_headline_lines(metrics["identity"])
     return lines
 
 
@@ -261,7 +268,8 @@ def _oracle(ds: ImageDataset, cfg: EvalConfig, device, log):
 
     suite = set(cfg.suite)
     needs = ("readback" in suite and ds.factors is not None and ds.renderer is not None) or (
-        "frechet" in suite and inception_weights_path(cfg.inception_weights) is None)
+        "frechet" in suite and inception_weights_path(cfg.inception_weights) is None) or (
+        "identity" in suite and cfg.identity.get("edit", True))
     if not needs:
         return None
     log("evaluate: evaluation oracle (an independent network trained on the real train images)")
@@ -414,10 +422,20 @@ def evaluate(model, ds: ImageDataset, out_dir, cfg: EvalConfig | None = None, de
     }
     for key in ("probes", "suite", "fewshot_shots"):
         metrics["eval_config"][key] = list(getattr(cfg, key))
+    identity_figures: dict[str, Path] = {}
+    if "identity" in cfg.suite:
+        from facefactors.config import build_dataclass
+        from facefactors.eval.identity import IdentityEvalConfig, identity_evaluation
+
+        log("evaluate: verification, attribute recognition, Gaussianity, editing")
+        metrics["identity"], identity_figures = identity_evaluation(
+            model, ds, out_dir, build_dataclass(IdentityEvalConfig, dict(cfg.identity), "eval.identity"), device,
+            log, oracle=oracle, train=train, test=test)
     write_json(out_dir / "metrics.json", metrics)
 
     log("evaluate: figures")
     figures = _figures(model, ds, parts, test_all, leakage, cf_examples, fig_dir, cfg, device, log)
+    figures.update(identity_figures)
     if "tsne" in cfg.suite:
         from facefactors.viz.tsne import tsne_figures
 

@@ -120,6 +120,8 @@ class D2AE(Method):
             raise ValueError(f"d2ae models exactly one categorical attribute (identity), got model.attributes={got}")
         if p.optimizer not in ("adam", "sgd"):
             raise ValueError(f"method.optimizer={p.optimizer!r}: use adam or sgd")
+        if p.rec_loss not in ("mse", "l1"):
+            raise ValueError(f"method.rec_loss={p.rec_loss!r}: use mse or l1")
         if not 0.0 < p.std_momentum <= 1.0:
             raise ValueError(f"method.std_momentum={p.std_momentum!r} must be in (0, 1]")
         if not (p.identity > 0 or p.confusion > 0 or p.rec > 0 or (p.augment and p.rec_aug > 0)):

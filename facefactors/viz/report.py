@@ -20,6 +20,7 @@ SECTIONS = (
     ("leakage", "Leakage"),
     ("counterfactual", "Counterfactual transfer"),
     ("tsne", "t-SNE per part"),
+    ("identity_", "Verification, recognition, Gaussianity, editing"),
 )
 
 CSS = """
@@ -271,6 +272,39 @@ def _frechet_section(fd: Mapping[str, Any], oracle: Mapping[str, Any]) -> str:
     return out
 
 
+def _identity_section(ident: Mapping[str, Any]) -> str:
+    """Verification per feature set, SVM attribute recognition per part, editing success (eval/identity.py)."""
+    if not ident:
+        return ""
+    out = ["<h2>Verification, attribute recognition and editing</h2>"]
+    ver = ident.get("verification") or {}
+    if ver.get("features"):
+        rows = [[_e(name), _num(r.get("accuracy")), _num(r.get("tpr_at_fpr")), _e(f"{r.get('fpr_target', 0):g}")]
+                for name, r in ver["features"].items()]
+        out.append(f'<p class="note">Cosine similarity on LFW-layout pairs of the {_e(ver.get("split"))} split '
+                   "(10-fold accuracy, threshold chosen on the other folds).</p>"
+                   + _table(["features", "accuracy", "TPR at FPR", "FPR"], rows))
+    rec = (ident.get("recognition") or {}).get("features") or {}
+    if rec:
+        names = list(rec)
+        attrs = list(dict.fromkeys(a for r in rec.values() for a in r))
+        rows = [[_e(a)] + [_num((rec[n].get(a) or {}).get("accuracy")) for n in names] for a in attrs]
+        out.append('<p class="note">Linear-SVM accuracy on test codes, per attribute and feature set.</p>'
+                   + _table(["attribute"] + [_e(n) for n in names], rows))
+    edit = (ident.get("editing") or {}).get("by_direction") or {}
+    if edit:
+        rows = []
+        for kind, summary in edit.items():
+            for a, r in (summary.get("attributes") or {}).items():
+                rows.append([_e(kind), _e(a), _e(r.get("part")), _num(r.get("success_rate")),
+                             _num(r.get("unedited_rate")), _num(r.get("identity_verified"))])
+        out.append('<p class="note">Edits along linear directions, scored by the evaluation oracle: the share '
+                   "of edited test images it reads as the requested class, beside unedited images; identity "
+                   "verified = edited image still matches the original by cosine on the identity part.</p>"
+                   + _table(["direction", "attribute", "part", "success", "unedited", "identity verified"], rows))
+    return "".join(out)
+
+
 def _section_of(title: str, path: Path) -> str:
     key = (title + " " + path.stem).lower()
     for word, name in SECTIONS:
@@ -323,6 +357,7 @@ def render_report(metrics: Mapping[str, Any], figures: Mapping[str, str | os.Pat
             _disentanglement_section(metrics), _entropy_section(metrics.get("entropy") or {}),
             _hopkins_section(metrics.get("hopkins") or {}), _fewshot_section(metrics.get("fewshot") or {}),
             _frechet_section(metrics.get("frechet") or {}, metrics.get("oracle") or {}),
+            _identity_section(metrics.get("identity") or {}),
             _figure_sections(figures, Path(run_dir))]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(title)}</title><style>{CSS}</style></head><body>\n"
