@@ -192,6 +192,28 @@ def cmd_swap(args) -> int:
     return 0
 
 
+def cmd_edit(args) -> int:
+    import torch
+
+    from facefactors.data.images import load_image, save_image
+    from facefactors.eval.editing import edit_image
+    from facefactors.runs import load_run
+
+    run = load_run(args.run, device=args.device)
+    ds = run.dataset
+    if args.part is not None and args.part not in run.model.part_names:
+        raise FacefactorsError(f"unknown part {args.part!r}; the model's parts: {', '.join(run.model.part_names)}")
+    images = torch.stack([load_image(p, ds.image_size, ds.channels) for p in args.image])
+    edited = edit_image(run.model, ds, images, args.attribute, args.value, part=args.part, max_std=args.strength,
+                        kind=args.direction, device=args.device, log=_quiet)
+    out = torch.cat([torch.cat([images[i], edited[i]], dim=2) for i in range(len(images))], dim=1) \
+        if args.with_inputs else torch.cat(list(edited), dim=1)
+    save_image(args.output, out)
+    print(f"wrote {args.output}: {len(images)} image(s) edited towards {args.attribute} = {args.value} "
+          f"along the {args.direction} direction")
+    return 0
+
+
 def cmd_interpolate(args) -> int:
     import torch
 
@@ -331,6 +353,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--with-inputs", action="store_true", help="write source | donor | result side by side")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_swap)
+
+    s = sub.add_parser("edit", help="edit an attribute along a linear direction in latent space (SVM or class mean)",
+                       formatter_class=fmt, epilog=_examples(
+                           "facefactors edit runs/d2ae1 --image a.png --attribute glasses --value yes -o out.png\n"
+                           "facefactors edit runs/d2ae1 --image a.png b.png --attribute expression --value smile "
+                           "--direction mean --strength 4 --with-inputs -o smiles.png"))
+    s.add_argument("run")
+    s.add_argument("--image", nargs="+", required=True, help="image file(s) of the run's size")
+    s.add_argument("--attribute", required=True, help="a categorical or binary attribute of the run's dataset")
+    s.add_argument("--value", required=True, help="target class, by name or index")
+    s.add_argument("--part", help="latent part to edit (default: rest if the attribute has no part of its own)")
+    s.add_argument("--direction", default="svm", choices=["svm", "mean"],
+                   help="max-margin SVM direction (D2AE 4.3) or the class-mean difference")
+    s.add_argument("--strength", type=float, default=3.0, help="bound on the edit, in learned stds along the direction")
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--with-inputs", action="store_true", help="write each original beside its edit")
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_edit)
 
     s = sub.add_parser("interpolate", help="interpolate latent parts between two images into a strip",
                        formatter_class=fmt, epilog=_examples(

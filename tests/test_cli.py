@@ -8,7 +8,8 @@ from facefactors.cli import main
 from facefactors.train.trainer import Trainer
 from tests.helpers import blobs_dataset, tiny_config
 
-VERBS = ["methods", "data", "train", "evaluate", "compare", "ablate", "encode", "swap", "interpolate", "demo"]
+VERBS = ["methods", "data", "train", "evaluate", "compare", "ablate", "encode", "swap", "edit", "interpolate",
+         "demo"]
 
 
 def run_cli(capsys, *argv):
@@ -182,3 +183,24 @@ def test_missing_or_corrupt_dataset_path(capsys, tmp_path):
     code, _, err = run_cli(capsys, "train", str(cfg), "--out", str(tmp_path / "r2"))
     assert_clean_error(code, err, "images.npy")
     assert not (tmp_path / "r2").exists()
+
+
+def test_edit_writes_edited_images_and_names_bad_values(capsys, trained_run, tmp_path, monkeypatch):
+    from PIL import Image
+
+    run, ds = trained_run
+    monkeypatch.setattr("facefactors.runs.make_dataset", lambda spec: ds)
+    good = tmp_path / "a.png"
+    Image.fromarray(ds.images[0].permute(1, 2, 0).numpy()).save(good)
+    out = tmp_path / "edited.png"
+    code, _, err = run_cli(capsys, "edit", str(run), "--image", str(good), "--attribute", "place",
+                           "--value", "sideways", "-o", str(out))
+    assert_clean_error(code, err, "'place' has no class 'sideways'", "top, bottom")
+    code, _, err = run_cli(capsys, "edit", str(run), "--image", str(good), "--attribute", "place",
+                           "--value", "top", "--part", "nope", "-o", str(out))
+    assert_clean_error(code, err, "unknown part 'nope'")
+    assert not out.exists()
+    code, outtext, _ = run_cli(capsys, "edit", str(run), "--image", str(good), str(good), "--attribute", "place",
+                               "--value", "bottom", "--with-inputs", "-o", str(out))
+    assert code == 0 and "edited towards place = bottom" in outtext
+    assert Image.open(out).size == (64, 64)  # two rows of original | edit, 32 px each
