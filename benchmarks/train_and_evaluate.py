@@ -3,7 +3,8 @@
     python benchmarks/train_and_evaluate.py configs/autoencoder_synthfaces.yaml --out runs/bench/ae [key=value ...]
 
 Writes ``benchmarks/results/<run name>.json`` (headline metrics, training speed, machine,
-date, command) and prints a markdown block ready for BENCHMARKS.md.
+date, command) and prints a markdown block ready for BENCHMARKS.md;
+``python benchmarks/train_and_evaluate.py --markdown RESULT.json`` prints it again.
 """
 from __future__ import annotations
 
@@ -69,6 +70,24 @@ def markdown(result: dict) -> str:
         for part, r in h["counterfactual"].items():
             out.append(f"| {part} | {r['ratio_to_reconstruction']:.2f} | {r['ratio_to_no_change']:.2f} | "
                        f"{r['region_ratio_to_reconstruction']:.2f} | {r['region_ratio_to_no_change']:.2f} |")
+    readback = [(p, r) for p, r in h["counterfactual"].items() if r.get("label_from_donor") is not None
+                or r.get("spearman_donor")]
+    if readback:
+        out.append("")
+        for part, r in readback:
+            rho = ", ".join(f"{c} {v:.2f}" for c, v in (r.get("spearman_donor") or {}).items() if v is not None)
+            lfd = r.get("label_from_donor")
+            out.append(f"- {part} transfers read back by the oracle: donor's label "
+                       f"{'n/a' if lfd is None else f'{lfd:.2f}'}" + (f"; Spearman with the donor's {rho}" if rho else ""))
+    if h.get("mig") is not None or h.get("dci_disentanglement") is not None:
+        dci = m.get("dci") or {}
+        out.append(f"- MIG {h.get('mig') or 0:.3f}; DCI disentanglement {dci.get('disentanglement') or 0:.3f}, "
+                   f"completeness {dci.get('completeness') or 0:.3f}, informativeness "
+                   f"{dci.get('informativeness') or 0:.3f}; SAP {m.get('sap') or 0:.3f}")
+    if m.get("identity"):
+        from facefactors.eval.identity import identity_headline_lines
+
+        out += ["- " + line for line in identity_headline_lines(m["identity"])]
     for kind in m["leakage"]:
         out += ["", f"Normalized leakage, {kind} probe (rows: latent parts; diagonal in bold):", "",
                 leakage_table(m, kind)]
@@ -76,6 +95,9 @@ def markdown(result: dict) -> str:
 
 
 def main() -> int:
+    if len(sys.argv) == 3 and sys.argv[1] == "--markdown":  # re-render a result file
+        print(markdown(json.loads(Path(sys.argv[2]).read_text())))
+        return 0
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*")
