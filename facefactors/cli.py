@@ -204,13 +204,58 @@ def cmd_edit(args) -> int:
     if args.part is not None and args.part not in run.model.part_names:
         raise FacefactorsError(f"unknown part {args.part!r}; the model's parts: {', '.join(run.model.part_names)}")
     images = torch.stack([load_image(p, ds.image_size, ds.channels) for p in args.image])
-    edited = edit_image(run.model, ds, images, args.attribute, args.value, part=args.part, max_std=args.strength,
-                        kind=args.direction, device=args.device, log=_quiet)
+    if args.attribute in (getattr(run.model, "switch_parts", None) or {}):
+        # parts that hold attribute values (ifcvae_gan): set them, several at once with --set
+        from facefactors.eval.switch_edits import parse_switch_values, switch_edit
+
+        values = parse_switch_values(run.model, [f"{args.attribute}={args.value}", *args.set])
+        edited = switch_edit(run.model, images, values, device=args.device)
+        args.direction = "switch"
+    else:
+        if args.set:
+            raise FacefactorsError(f"--set needs a method whose parts hold attribute values; {run.model.name!r} "
+                                   "edits one attribute at a time along a direction")
+        edited = edit_image(run.model, ds, images, args.attribute, args.value, part=args.part,
+                            max_std=args.strength, kind=args.direction, device=args.device, log=_quiet)
     out = torch.cat([torch.cat([images[i], edited[i]], dim=2) for i in range(len(images))], dim=1) \
         if args.with_inputs else torch.cat(list(edited), dim=1)
     save_image(args.output, out)
     print(f"wrote {args.output}: {len(images)} image(s) edited towards {args.attribute} = {args.value} "
           f"along the {args.direction} direction")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from facefactors.eval.sampling import fewshot_transfer, fixed_s_samples
+    from facefactors.io import save_png
+    from facefactors.runs import load_run
+
+    run = load_run(args.run, device=args.device)
+    if args.part not in run.model.part_names:
+        raise FacefactorsError(f"unknown part {args.part!r}; the model's parts: {', '.join(run.model.part_names)}")
+    if args.fewshot:
+        grid, m = fewshot_transfer(run.model, run.dataset, args.part, seed=args.seed, device=args.device)
+        save_png(args.output, grid)
+        print(f"wrote {args.output}: transfer of {args.part} from classes never seen in training "
+              + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)))
+        return 0
+    if args.image:
+        from facefactors.data.images import load_image
+        import torch
+
+        ds = run.dataset
+        images = torch.stack([load_image(p, ds.image_size, ds.channels) for p in args.image])
+    else:
+        import numpy as np
+
+        test = run.dataset.split("test")
+        pick = np.random.default_rng(args.seed).choice(test, size=min(args.n, len(test)), replace=False)
+        images = run.dataset.images[np.sort(pick)]
+    grid, _ = fixed_s_samples(run.model, images, args.part, n_samples=args.samples, seed=args.seed,
+                              device=args.device)
+    save_png(args.output, grid)
+    print(f"wrote {args.output}: row 0 the images, rows 1-{args.samples} random rest codes with each image's "
+          f"{args.part}")
     return 0
 
 
@@ -358,7 +403,8 @@ def build_parser() -> argparse.ArgumentParser:
                        formatter_class=fmt, epilog=_examples(
                            "facefactors edit runs/d2ae1 --image a.png --attribute glasses --value yes -o out.png\n"
                            "facefactors edit runs/d2ae1 --image a.png b.png --attribute expression --value smile "
-                           "--direction mean --strength 4 --with-inputs -o smiles.png"))
+                           "--direction mean --strength 4 --with-inputs -o smiles.png\n"
+                           "facefactors edit runs/ifc1 --image a.png --attribute glasses --value 0 --set smile=1 -o out.png"))
     s.add_argument("run")
     s.add_argument("--image", nargs="+", required=True, help="image file(s) of the run's size")
     s.add_argument("--attribute", required=True, help="a categorical or binary attribute of the run's dataset")
@@ -367,10 +413,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--direction", default="svm", choices=["svm", "mean"],
                    help="max-margin SVM direction (D2AE 4.3) or the class-mean difference")
     s.add_argument("--strength", type=float, default=3.0, help="bound on the edit, in learned stds along the direction")
+    s.add_argument("--set", nargs="*", default=[], metavar="ATTR=VALUE",
+                   help="further attributes to set at the same time (methods whose parts hold values: ifcvae_gan; "
+                        "values may be fractional for graded edits)")
     s.add_argument("-o", "--output", required=True)
     s.add_argument("--with-inputs", action="store_true", help="write each original beside its edit")
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_edit)
+
+    s = sub.add_parser("sample", help="decode random rest codes with fixed attribute parts, or few-shot transfer",
+                       formatter_class=fmt, epilog=_examples(
+                           "facefactors sample runs/cvae1 --part digit --n 8 --samples 6 -o samples.png\n"
+                           "facefactors sample runs/cvae1 --part identity --fewshot -o unseen.png"))
+    s.add_argument("run")
+    s.add_argument("--part", required=True, help="the attribute part kept fixed (or transferred with --fewshot)")
+    s.add_argument("--image", nargs="*", help="images whose part is kept (default: --n random test images)")
+    s.add_argument("--n", type=int, default=8, help="random test images when no --image is given")
+    s.add_argument("--samples", type=int, default=6, help="random rest codes per image")
+    s.add_argument("--fewshot", action="store_true",
+                   help="transfer the part of held-out classes (the 'unseen' split) onto test images")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("-o", "--output", required=True)
+    s.add_argument("--device", default="cpu")
+    s.set_defaults(func=cmd_sample)
 
     s = sub.add_parser("interpolate", help="interpolate latent parts between two images into a strip",
                        formatter_class=fmt, epilog=_examples(

@@ -8,7 +8,7 @@ from facefactors.cli import main
 from facefactors.train.trainer import Trainer
 from tests.helpers import blobs_dataset, tiny_config
 
-VERBS = ["methods", "data", "train", "evaluate", "compare", "ablate", "encode", "swap", "edit", "interpolate",
+VERBS = ["methods", "data", "train", "evaluate", "compare", "ablate", "encode", "swap", "edit", "sample", "interpolate",
          "demo"]
 
 

@@ -143,8 +143,9 @@ def test_evaluate_writes_everything(ds, tmp_path):
     expected |= {f"{k}_{p}.png" for k in ("swap", "interp") for p in ("colour", "shape", "rest")}
     names = {p.name for p in figs.iterdir()}
     assert expected <= names
-    extra = names - expected  # the identity-centred figures (no identity attribute here: no ROC)
-    assert "identity_adj_r2.png" in extra and all(n.startswith("identity_") for n in extra)
+    extra = names - expected  # the suite's figures (no identity attribute here: no ROC)
+    assert {"identity_adj_r2.png", "interp_attributes.png", "memorisation.png"} <= extra
+    assert all(n.startswith(("identity_", "complements", "interp_attributes", "memorisation")) for n in extra), extra
     for name in names:
         assert (figs / name).read_bytes().startswith(PNG_MAGIC)
     html = (tmp_path / "report.html").read_text()

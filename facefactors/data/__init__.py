@@ -8,7 +8,7 @@ from facefactors.errors import FacefactorsError
 
 DATASET_NAMES = ("synthfaces", "digits")
 _SYNTH_KEYS = ("n", "n_identities", "seed", "test_fraction", "heldout_identities", "noise")
-VALID_KEYS = ("name", "path", "size", "channels", *_SYNTH_KEYS)
+VALID_KEYS = ("name", "path", "size", "channels", *_SYNTH_KEYS, "derived")
 
 
 def make_dataset(spec: Mapping[str, Any]) -> ImageDataset:
@@ -16,6 +16,7 @@ def make_dataset(spec: Mapping[str, Any]) -> ImageDataset:
 
     ``path`` loads a saved SynthFaces directory instead of generating one (its image size must
     match ``size`` when both are given). Keys that do not apply to digits are ignored for it.
+    ``derived`` (SynthFaces) adds binary attributes computed from others, e.g. ``[smile]``.
     """
     if not isinstance(spec, Mapping):
         raise FacefactorsError(f"dataset spec must be a mapping, got {type(spec).__name__}")
@@ -27,8 +28,14 @@ def make_dataset(spec: Mapping[str, Any]) -> ImageDataset:
     if name not in DATASET_NAMES:
         raise FacefactorsError(f"unknown dataset {name!r}; available: {', '.join(DATASET_NAMES)}")
 
+    derived = spec.get("derived") or []
+    if isinstance(derived, str) or not isinstance(derived, (list, tuple)):
+        raise FacefactorsError(f"dataset key 'derived' must be a list of names, got {derived!r}")
     if name == "digits":
         from facefactors.data.digits import load_digits_dataset
+
+        if derived:
+            raise FacefactorsError(f"derived attributes ({', '.join(map(str, derived))}) exist for synthfaces only")
 
         kw = {k: spec[k] for k in ("size", "seed", "channels") if spec.get(k) is not None}
         if spec.get("test_fraction") is not None:
@@ -44,7 +51,7 @@ def make_dataset(spec: Mapping[str, Any]) -> ImageDataset:
         if spec.get("size") is not None and int(spec["size"]) != ds.image_size:
             raise FacefactorsError(f"dataset at {spec['path']} has {ds.image_size} px images "
                                    f"but the config asks for size={spec['size']}")
-        return ds
+        return synthfaces.add_derived(ds, derived)
     kw = {k: spec[k] for k in ("size", *_SYNTH_KEYS) if spec.get(k) is not None}
     try:
         cfg = synthfaces.SynthFacesConfig(**kw)
@@ -54,7 +61,7 @@ def make_dataset(spec: Mapping[str, Any]) -> ImageDataset:
             noise=float(cfg.noise))
     except (TypeError, ValueError) as e:
         raise FacefactorsError(f"bad synthfaces dataset setting: {e}") from None
-    return synthfaces.generate(cfg)
+    return synthfaces.add_derived(synthfaces.generate(cfg), derived)
 
 
 __all__ = ["AttributeSpec", "Batch", "ImageDataset", "make_dataset", "DATASET_NAMES", "VALID_KEYS"]

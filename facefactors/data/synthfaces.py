@@ -822,6 +822,26 @@ def generate(cfg: SynthFacesConfig | None = None, workers: int | None = None) ->
     return _dataset(cfg, images, factors, make_splits(cfg, factors["identity"]))
 
 
+# Derived binary attributes: name -> (source attribute, the class that means "yes"). Opt-in
+# (``data.derived``), so datasets without them keep their attributes and oracle fingerprints.
+DERIVED = {"smile": ("expression", EXPRESSIONS.index("smile"))}
+
+
+def add_derived(ds: ImageDataset, names: Sequence[str]) -> ImageDataset:
+    """``ds`` with binary attributes derived from a categorical one (e.g. ``smile``: expression ==
+    smile) added to its labels and attributes (labels as int64 0/1). No factor group: a derived
+    value has no single counterfactual rendering. Returns ``ds`` itself, updated in place."""
+    for name in names:
+        if name not in DERIVED:
+            raise FacefactorsError(f"unknown derived attribute {name!r}; available: {', '.join(DERIVED)}")
+        source, cls = DERIVED[name]
+        ds.labels[name] = (ds.labels[source] == cls).to(torch.int64)
+        ds.attributes[name] = AttributeSpec(name, "binary", ("no", "yes"))
+    if names:
+        ds.meta["derived"] = list(dict.fromkeys([*ds.meta.get("derived", []), *names]))
+    return ds
+
+
 # ----------------------------------------------------------------------------- save / load
 
 _FORMAT_VERSION = 1

@@ -26,7 +26,8 @@ from facefactors.eval.probes import leakage_matrix
 from facefactors.eval.reconstruction import reconstruction_metrics
 from facefactors.io import save_png, write_json
 
-SUITE = ("mig_dci_sap", "entropy", "hopkins", "tsne", "fewshot", "frechet", "readback", "identity")
+SUITE = ("mig_dci_sap", "entropy", "hopkins", "tsne", "fewshot", "frechet", "readback", "identity", "complements",
+         "memorisation", "attribute_interpolation", "switch_edits", "sampling")
 CF_RATIO_KEYS = ("ratio_to_reconstruction", "ratio_to_no_change",
                  "region_ratio_to_reconstruction", "region_ratio_to_no_change")
 
@@ -47,8 +48,16 @@ class EvalConfig:
     # transfers back (donor label carried, continuous factors' Spearman correlation); "identity":
     # verification, SVM attribute recognition, Gaussianity and SVM-direction editing (eval/identity.py,
     # settings under ``identity``: IdentityEvalConfig) -------------------------------------------
+    # "complements": each part against everything but it (eval/complements.py, ComplementConfig under
+    # ``complements``); "memorisation": train/test RMSE and nearest training images of reconstructions
+    # (eval/memorisation.py, MemorisationConfig under ``memorisation``); "switch_edits": methods whose
+    # parts hold attribute values (ifcvae_gan) set them and the oracle scores the edits; "sampling":
+    # methods with a prior for ``rest`` decode random rest codes with fixed attribute parts, and
+    # transfer attribute parts of unseen classes (eval/sampling.py)
     suite: tuple[str, ...] = SUITE
     identity: dict[str, Any] = field(default_factory=dict)
+    complements: dict[str, Any] = field(default_factory=dict)
+    memorisation: dict[str, Any] = field(default_factory=dict)
     n_bins: int = 20              # equal-width bins for continuous factors (MIG/DCI/SAP) and MIG codes
     dci_max_train: int = 500      # GBT cost grows with samples x dims x classes: see disentanglement.py
     dci_max_test: int = 500
@@ -210,6 +219,13 @@ def _figures(model, ds: ImageDataset, parts: list[str], test_all: np.ndarray, le
         save_png(path, _upscale(interpolation_strips(model, src, don, p, steps=8, batch_size=bs,
                                                      device=device), cell))
         figures[f"Interpolation of {p} (a, 8 steps, b)"] = path
+    if "attribute_interpolation" in cfg.suite and len(parts) > 1:
+        from facefactors.viz.attribute_interpolation import plot_attribute_interpolation
+
+        log("  figure: attribute interpolation (each part, all but each part, the whole code)")
+        path = plot_attribute_interpolation(model, src[:1], don[:1], fig_dir / "interp_attributes.png",
+                                            batch_size=bs, device=device)
+        figures["Interpolation a -> b: rows per part, all but each part, and the whole code"] = path
     if any(by_attr for by_part in leakage.values() for by_attr in by_part.values()):
         path = fig_dir / "leakage.png"
         plot_leakage(leakage, path, title=f"leakage on {ds.name}")
@@ -243,6 +259,10 @@ def sample_images(model, ds: ImageDataset, indices: np.ndarray, n: int, seed: in
     pick = rng.choice(indices, size=n, replace=len(indices) < n)
     z = encode_images(model, ds.images[torch.from_numpy(np.asarray(pick))], batch_size, device)
     gen = torch.Generator().manual_seed(seed)
+    if hasattr(model, "sample_latent"):  # one joint prior draw for every part
+        with torch.no_grad():
+            joint = model.sample_latent(n, generator=gen)
+        return decode_uint8(model, joint, batch_size, device), list(joint.parts)
     drawn = {}
     for p in z.parts:
         try:
@@ -260,7 +280,18 @@ def sample_images(model, ds: ImageDataset, indices: np.ndarray, n: int, seed: in
     return decode_uint8(model, z.replace(**drawn), batch_size, device), list(drawn)
 
 
-def _oracle(ds: ImageDataset, cfg: EvalConfig, device, log):
+def _has_prior(model, part: str) -> bool:
+    import torch
+
+    try:
+        with torch.no_grad():
+            model.sample(part, 1, generator=torch.Generator().manual_seed(0))
+    except NotImplementedError:
+        return False
+    return True
+
+
+def _oracle(ds: ImageDataset, cfg: EvalConfig, device, log, model=None):
     """The evaluation oracle (trained on the real train split, cached), when the suite needs it:
     to read counterfactual transfers back (``readback``) or as the Fréchet feature extractor."""
     from facefactors.eval.frechet import inception_weights_path
@@ -269,7 +300,8 @@ def _oracle(ds: ImageDataset, cfg: EvalConfig, device, log):
     suite = set(cfg.suite)
     needs = ("readback" in suite and ds.factors is not None and ds.renderer is not None) or (
         "frechet" in suite and inception_weights_path(cfg.inception_weights) is None) or (
-        "identity" in suite and cfg.identity.get("edit", True))
+        "identity" in suite and cfg.identity.get("edit", True)) or (
+        "switch_edits" in suite and hasattr(model, "switch_parts")) or "sampling" in suite
     if not needs:
         return None
     log("evaluate: evaluation oracle (an independent network trained on the real train images)")
@@ -395,7 +427,7 @@ def evaluate(model, ds: ImageDataset, out_dir, cfg: EvalConfig | None = None, de
     reconstruction = reconstruction_metrics(model, ds, test_idx, cfg.batch_size, device)
     log(f"  PSNR {reconstruction['psnr']:.2f} dB, MSE {reconstruction['mse']:.5f}, SSIM {reconstruction['ssim']:.3f}")
 
-    oracle = _oracle(ds, cfg, device, log)
+    oracle = _oracle(ds, cfg, device, log, model)
     counterfactual: dict = {}
     cf_examples: dict = {}
     if ds.factors is not None and ds.renderer is not None:
@@ -422,7 +454,7 @@ def evaluate(model, ds: ImageDataset, out_dir, cfg: EvalConfig | None = None, de
     }
     for key in ("probes", "suite", "fewshot_shots"):
         metrics["eval_config"][key] = list(getattr(cfg, key))
-    identity_figures: dict[str, Path] = {}
+    identity_figures: dict[str, Path] = {}  # and the other method-specific sections' figures
     if "identity" in cfg.suite:
         from facefactors.config import build_dataclass
         from facefactors.eval.identity import IdentityEvalConfig, identity_evaluation
@@ -431,6 +463,38 @@ def evaluate(model, ds: ImageDataset, out_dir, cfg: EvalConfig | None = None, de
         metrics["identity"], identity_figures = identity_evaluation(
             model, ds, out_dir, build_dataclass(IdentityEvalConfig, dict(cfg.identity), "eval.identity"), device,
             log, oracle=oracle, train=train, test=test)
+    if "complements" in cfg.suite and len(parts) > 1:
+        from facefactors.config import build_dataclass
+        from facefactors.eval.complements import ComplementConfig, complement_evaluation
+
+        log("evaluate: each part against its complement (everything but the part)")
+        metrics["complements"], figs = complement_evaluation(
+            model, ds, out_dir, build_dataclass(ComplementConfig, dict(cfg.complements), "eval.complements"), device,
+            log, train=train, test=test)
+        identity_figures.update(figs)
+    if "switch_edits" in cfg.suite and getattr(model, "switch_parts", None) and oracle is not None:
+        from facefactors.eval.switch_edits import switch_edit_report
+
+        log("evaluate: switch edits (attribute parts set to each value), scored by the oracle")
+        metrics["switch_edits"], figs = switch_edit_report(model, ds, out_dir, oracle, seed=cfg.seed,
+                                                           batch_size=cfg.batch_size, device=device, log=log)
+        identity_figures.update(figs)
+    if "sampling" in cfg.suite and len(parts) == 2 and parts[-1] == "rest" and _has_prior(model, "rest"):
+        from facefactors.eval.sampling import sampling_report
+
+        log(f"evaluate: random rest codes with fixed {parts[0]!r}, few-shot transfer of unseen classes")
+        metrics["sampling"], figs = sampling_report(model, ds, out_dir, part=parts[0], oracle=oracle, seed=cfg.seed,
+                                                    batch_size=cfg.batch_size, device=device, log=log)
+        identity_figures.update(figs)
+    if "memorisation" in cfg.suite:
+        from facefactors.config import build_dataclass
+        from facefactors.eval.memorisation import MemorisationConfig, memorisation_evaluation
+
+        log("evaluate: train/test reconstruction RMSE and the memorisation check")
+        metrics["memorisation"], figs = memorisation_evaluation(
+            model, ds, out_dir, build_dataclass(MemorisationConfig, dict(cfg.memorisation), "eval.memorisation"),
+            device, log)
+        identity_figures.update(figs)
     write_json(out_dir / "metrics.json", metrics)
 
     log("evaluate: figures")

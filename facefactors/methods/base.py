@@ -96,6 +96,10 @@ class Method(nn.Module):
         raise NotImplementedError(f"method {self.name!r} has no prior to sample part {part!r} from")
 
     # --- training --------------------------------------------------------------
+    def bind_dataset(self, ds, seed: int = 0) -> None:
+        """Called by the trainer once with the training dataset, for methods that draw more
+        than the batch (e.g. partner images of the same class). Default: nothing."""
+
     def optimizers(self) -> dict[str, OptimizerSpec]:
         """Optimiser groups by name, in the order ``train_step`` yields them."""
         raise NotImplementedError

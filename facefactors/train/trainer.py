@@ -93,6 +93,7 @@ class Trainer:
         self.ds = self._dataset if self._dataset is not None else make_dataset(cfg.data)
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.ds).to(self.device)
+        self.model.bind_dataset(self.ds, cfg.seed)
         self._prepare_run_dir()  # only once data and model are known to be good
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)

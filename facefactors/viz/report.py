@@ -305,6 +305,63 @@ def _identity_section(ident: Mapping[str, Any]) -> str:
     return "".join(out)
 
 
+def _complements_section(metrics: Mapping[str, Any]) -> str:
+    """Each part against its complement, and train/test RMSE with the memorisation summary."""
+    out = []
+    comp = metrics.get("complements") or {}
+    if comp:
+        from facefactors.eval.complements import complement_headline
+
+        lines = complement_headline(comp, "linear") + complement_headline(comp, "mlp")
+        out.append("<h2>Parts against their complements</h2>"
+                   '<p class="note">f_p is a part, f_not_p everything but it; a part should carry its attribute '
+                   "and its complement much less of it (ratio = complement's normalized accuracy / the part's).</p>"
+                   "<ul>" + "".join(f"<li>{_e(line)}</li>" for line in lines) + "</ul>")
+    mem = metrics.get("memorisation") or {}
+    if mem:
+        rows = []
+        for split, r in (mem.get("rmse") or {}).items():
+            if isinstance(r, dict):
+                rows.append([f"{_e(split)}: RMSE / PSNR / SSIM",
+                             f"{_num(r.get('rmse'), '{:.2f}')} / {_num(r.get('psnr'), '{:.2f}')} / {_num(r.get('ssim'))}"])
+            else:
+                rows.append([f"{_e(split)} (test - train RMSE)", _num(r, "{:.2f}")])
+        rows += [[_e(k), _num(v) if isinstance(v, (int, float)) else _e(v)] for k, v in (mem.get("summary") or {}).items()]
+        out.append("<h2>Reconstruction RMSE and memorisation</h2>"
+                   '<p class="note">RMSE in 0-255 units; for reconstructions of test images, the nearest training '
+                   "images by SSIM (a model that memorises reconstructs test faces as training faces).</p>"
+                   + _table(["figure", "value"], rows))
+    return "".join(out)
+
+
+def _switch_sampling_section(metrics: Mapping[str, Any]) -> str:
+    """Switch edits (parts that hold attribute values) and sampling / few-shot transfer."""
+    out = []
+    sw = metrics.get("switch_edits") or {}
+    if sw.get("attributes"):
+        rows = [[_e(a), _e(t), _num(r.get("success_rate")), _num(r.get("success_rate_all")),
+                 _num(r.get("unedited_rate")), _e(r.get("n"))]
+                for a, e in sw["attributes"].items() for t, r in (e.get("targets") or {}).items()]
+        out.append("<h2>Switch edits</h2>"
+                   f'<p class="note">The attribute part set to each value and decoded; the evaluation oracle reads '
+                   f"the edit (success: images not already of that value; control: unedited reconstructions). "
+                   f"Reconstruction MSE {_num(sw.get('reconstruction_mse'), '{:.5f}')} over {_e(sw.get('n'))} "
+                   "test images.</p>"
+                   + _table(["attribute", "target", "success", "success (all)", "control", "n"], rows))
+    sa = metrics.get("sampling") or {}
+    if sa:
+        rows = []
+        for key in ("transfer", "fewshot"):
+            for k, v in (sa.get(key) or {}).items():
+                if isinstance(v, (int, float, str)) and not isinstance(v, bool):
+                    rows.append([f"{_e(key)}: {_e(k)}", _num(v) if isinstance(v, (int, float)) else _e(v)])
+        out.append(f"<h2>Sampling and transfer of {_e(sa.get('part'))}</h2>"
+                   '<p class="note">Random rest codes decoded with a fixed attribute part; transfers of the '
+                   "attribute part read back by the oracle; few-shot transfer of classes never seen in training.</p>"
+                   + _table(["figure", "value"], rows))
+    return "".join(out)
+
+
 def _section_of(title: str, path: Path) -> str:
     key = (title + " " + path.stem).lower()
     for word, name in SECTIONS:
@@ -358,7 +415,7 @@ def render_report(metrics: Mapping[str, Any], figures: Mapping[str, str | os.Pat
             _hopkins_section(metrics.get("hopkins") or {}), _fewshot_section(metrics.get("fewshot") or {}),
             _frechet_section(metrics.get("frechet") or {}, metrics.get("oracle") or {}),
             _identity_section(metrics.get("identity") or {}),
-            _figure_sections(figures, Path(run_dir))]
+            _complements_section(metrics), _switch_sampling_section(metrics), _figure_sections(figures, Path(run_dir))]
     return ("<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
             f"<title>{_e(title)}</title><style>{CSS}</style></head><body>\n"
             + "\n".join(b for b in body if b) + "\n</body></html>\n")

@@ -1,0 +1,300 @@
+"""compact_embeddings: parts and complements, stages S and J, every loss logged and switchable,
+triplet loss on constructed embeddings, prior samples, configs."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from facefactors.config import RunConfig, build_dataclass, load_config
+from facefactors.data.synthfaces import SynthFacesConfig, generate
+from facefactors.errors import FacefactorsError
+from facefactors.latent import interpolate
+from facefactors.methods.compact_embeddings import triplet_loss
+from facefactors.runs import build_model
+from facefactors.train.trainer import Trainer
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+ATTRS = ["pose", "identity", "expression", "illumination"]
+DIMS = {"pose": 2, "identity": 6, "expression": 4, "illumination": 4, "rest": 4}
+STAGE1 = ("rec", "enc", "adv", "gen")
+STAGE2 = ("f_pose", "f_identity", "f_expression", "f_illumination", "zrec", "cyc", "aug")
+
+
+@pytest.fixture(scope="module")
+def ds():
+    return generate(SynthFacesConfig(n=96, size=32, n_identities=4, seed=2))
+
+
+def ce_config(steps=4, attributes=ATTRS, dims=DIMS, **method) -> RunConfig:
+    method = {"z_dim": 20, "lr": 1e-3, "dis_lr": 1e-3, "betas": [0.5, 0.999], "dis_width": 8,
+              "latent_dis_hidden": 16, "factor_hidden": 16, "regress": {"pose": ["yaw", "roll"]}, **method}
+    return build_dataclass(RunConfig, {
+        "seed": 0, "data": {"name": "synthfaces", "size": 32},
+        "model": {"method": "compact_embeddings", "attributes": list(attributes), "width": 8,
+                  "part_dims": dict(dims)},
+        "method": method,
+        "train": {"steps": steps, "batch_size": 16, "log_every": 1, "checkpoint_every": 100, "preview_every": 0,
+                  "progress": False}})
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(module, before):
+    return {k for k, v in module.state_dict().items() if not torch.equal(v, before[k])}
+
+
+def run_step(model, opts, batch, step, total):
+    """One training step the way the trainer runs it; returns the groups yielded and their losses."""
+    seen = []
+    for group, losses in model.train_step(batch, step, total):
+        seen.append((group, set(losses)))
+        opts[group].zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        opts[group].step()
+    return seen
+
+
+def test_parts_complements_and_decode(ds):
+    model = build_model(ce_config(), ds).eval()
+    x = ds.batch(range(6)).image
+    z = model.encode(x)
+    assert z.parts == ATTRS + ["rest"] and z["pose"].shape == (6, 2) and z["rest"].shape == (6, 4)
+    assert model.decode(z).shape == (6, 3, 32, 32)
+    # the factor network starts as an exact inverse pair: decode(encode(x)) is the autoencoder's reconstruction
+    with torch.no_grad():
+        torch.testing.assert_close(model.decode(z), model.decoder(model.encoder(x)), rtol=1e-4, atol=1e-5)
+    assert model.complement_parts("identity") == ["pose", "expression", "illumination", "rest"]
+    comp = model.complement(z, "expression")
+    assert comp.shape == (6, 2 + 6 + 4 + 4)
+    torch.testing.assert_close(comp[:, 2:8], z["identity"])
+    # "all but p": interpolating the complement moves everything except p
+    za, zb = z.index(slice(0, 3)), z.index(slice(3, 6))
+    end = interpolate(za, zb, model.complement_parts("identity"), [1.0])[0]
+    torch.testing.assert_close(end["identity"], za["identity"])
+    torch.testing.assert_close(end["expression"], zb["expression"])
+    assert model.decode(end).shape == (3, 3, 32, 32)
+    with pytest.raises(FacefactorsError, match="unknown latent part"):
+        model.complement_parts("glasses")
+
+
+def test_prior_samples(ds):
+    model = build_model(ce_config(), ds).eval()
+    with torch.no_grad():
+        s = model.sample("identity", 5, torch.Generator().manual_seed(1))
+        again = model.sample("identity", 5, torch.Generator().manual_seed(1))
+        full = model.sample_latent(5, torch.Generator().manual_seed(1))
+    assert s.shape == (5, 6)
+    torch.testing.assert_close(s, again)
+    torch.testing.assert_close(full["identity"], s)   # one draw gives every part of the same z
+    assert model.decode(full).shape == (5, 3, 32, 32)
+
+
+def test_s_mode_freezes_stage1_in_stage2(ds):
+    torch.manual_seed(0)
+    model = build_model(ce_config(mode="S", stage1_fraction=0.5), ds).train()
+    specs = model.optimizers()
+    assert list(specs) == ["latent_dis", "image_dis", "autoencoder", "factor"]
+    opts = {k: s.build() for k, s in specs.items()}
+    batch = ds.batch(range(16))
+    stage1 = {"encoder": model.encoder, "decoder": model.decoder, "latent_dis": model.latent_dis,
+              "image_dis": model.image_dis}
+    factor = {"factor": model.factor, "factor_inv": model.factor_inv, "heads": model.heads}
+
+    # stage 1 (step 1 of 4): the autoencoder and discriminators train, the factor network does not
+    before1, beforef = {k: snapshot(m) for k, m in stage1.items()}, {k: snapshot(m) for k, m in factor.items()}
+    seen = run_step(model, opts, batch, 1, 4)
+    assert [g for g, _ in seen] == ["latent_dis", "image_dis", "autoencoder"]
+    assert seen[2][1] == set(STAGE1)
+    assert all(changed(m, before1[k]) for k, m in stage1.items())
+    assert not any(changed(m, beforef[k]) for k, m in factor.items())
+
+    # stage 2 (steps 2, 3): only the factor network; weights and batch-norm statistics of stage 1 fixed
+    before1, beforef = {k: snapshot(m) for k, m in stage1.items()}, {k: snapshot(m) for k, m in factor.items()}
+    for step in (2, 3):
+        seen = run_step(model, opts, batch, step, 4)
+        assert seen == [("factor", set(STAGE2))]
+    assert not any(changed(m, before1[k]) for k, m in stage1.items())
+    assert changed(model.factor, beforef["factor"]) and changed(model.factor_inv, beforef["factor_inv"])
+    assert changed(model.heads, beforef["heads"])
+    assert all(p.requires_grad for p in model.parameters())       # unfrozen again after the step
+    assert not model.encoder.training and model.factor.training
+
+
+def test_j_mode_trains_everything(ds):
+    torch.manual_seed(0)
+    model = build_model(ce_config(mode="J", stage1_fraction=0.5), ds).train()
+    specs = model.optimizers()
+    assert list(specs) == ["latent_dis", "image_dis", "autoencoder"]
+    factor_ids = {id(p) for m in (model.factor, model.factor_inv, model.heads) for p in m.parameters()}
+    assert factor_ids <= {id(p) for p in specs["autoencoder"].params}
+    opts = {k: s.build() for k, s in specs.items()}
+    batch = ds.batch(range(16))
+    seen = run_step(model, opts, batch, 0, 4)
+    assert seen[-1] == ("autoencoder", set(STAGE1))
+    nets = {"encoder": model.encoder, "decoder": model.decoder, "factor": model.factor,
+            "factor_inv": model.factor_inv, "heads": model.heads}
+    before = {k: snapshot(m) for k, m in nets.items()}
+    seen = run_step(model, opts, batch, 2, 4)
+    assert [g for g, _ in seen] == ["latent_dis", "image_dis", "autoencoder"]
+    assert seen[-1][1] == set(STAGE1) | set(STAGE2)
+    assert all(changed(m, before[k]) for k, m in nets.items())
+    assert model.encoder.training
+
+
+def test_joint_gradients_reach_the_encoder(ds):
+    """J: the stage-2 losses alone (no stage-1 terms) move the encoder and decoder."""
+    torch.manual_seed(0)
+    model = build_model(ce_config(mode="J", stage1_fraction=0.0, joint_stage1=False), ds).train()
+    (group, losses), = list(model.train_step(ds.batch(range(16)), 0, 4))
+    assert group == "autoencoder" and set(losses) == set(STAGE2)
+    sum(losses.values()).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
+
+
+def test_trainer_logs_every_loss_across_the_switch(tmp_path, ds):
+    Trainer(ce_config(steps=4, mode="S", stage1_fraction=0.5), tmp_path / "r", dataset=ds, log=lambda m: None).fit()
+    records = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    first, last = records[0], records[-1]
+    for k in ["latent_dis/latent_dis", "image_dis/image_dis", *(f"autoencoder/{t}" for t in STAGE1)]:
+        assert k in first and abs(first[k]) < 1e6, k
+    for k in (f"factor/{t}" for t in STAGE2):
+        assert k in last and abs(last[k]) < 1e6, k
+    assert not any(k.startswith("autoencoder/") for k in last)
+
+
+@pytest.mark.parametrize("weight", ["rec", "enc", "adv", "gen", "f", "zrec", "cyc", "aug"])
+def test_every_loss_switches_off(ds, weight):
+    torch.manual_seed(0)
+    model = build_model(ce_config(mode="J", stage1_fraction=0.5, **{weight: 0.0}), ds).train()
+    losses = dict(model.train_step(ds.batch(range(16)), 3, 4))["autoencoder"]
+    expected = set(STAGE1) | set(STAGE2)
+    expected -= {f"f_{a}" for a in ATTRS} if weight == "f" else {weight}
+    assert set(losses) == expected
+    if weight == "enc":
+        assert model.latent_dis is None and "latent_dis" not in model.optimizers()
+
+
+def test_no_image_discriminator_without_gan_terms(ds):
+    model = build_model(ce_config(adv=0.0, gen=0.0), ds)
+    assert model.image_dis is None and "image_dis" not in model.optimizers()
+    groups = [g for g, _ in model.train().train_step(ds.batch(range(8)), 0, 4)]
+    assert groups == ["latent_dis", "autoencoder"]
+
+
+def test_triplet_loss_on_constructed_embeddings():
+    labels = torch.tensor([0, 0, 1, 1])
+    separated = torch.tensor([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert triplet_loss(separated, labels, 0.2).item() == 0.0            # d(a,p) = 0, d(a,n) = 2
+    assert triplet_loss(separated, labels, 0.2, "hard").item() == 0.0
+    collapsed = torch.ones(4, 3)
+    assert triplet_loss(collapsed, labels, 0.2).item() == pytest.approx(0.2)   # every triplet: margin
+    assert triplet_loss(collapsed, labels, 0.2, "hard").item() == pytest.approx(0.2)
+    # hand-computed, unnormalised 1-d: squared distances d01 = 4, d02 = 9, d12 = 1
+    emb = torch.tensor([[0.0], [2.0], [3.0]], requires_grad=True)
+    y = torch.tensor([0, 0, 1])
+    # triplets (0,1,2): 4 - 9 + 0.5 < 0; (1,0,2): 4 - 1 + 0.5 = 3.5 -> mean over active ones
+    assert triplet_loss(emb, y, 0.5, normalize=False).item() == pytest.approx(3.5)
+    # batch-hard: anchor 0 -> 0, anchor 1 -> 3.5, anchor 2 has no positive
+    loss = triplet_loss(emb, y, 0.5, "hard", normalize=False)
+    assert loss.item() == pytest.approx(1.75)
+    loss.backward()
+    assert torch.isfinite(emb.grad).all()
+    # no positive pair in the batch: zero, still differentiable
+    e = torch.randn(3, 4, requires_grad=True)
+    zero = triplet_loss(e, torch.tensor([0, 1, 2]))
+    zero.backward()
+    assert zero.item() == 0.0 and e.grad is not None
+
+
+def test_regression_part_and_label_checks(ds):
+    torch.manual_seed(0)
+    model = build_model(ce_config(), ds).train()
+    assert model.regress == {"pose": ["yaw", "roll"]} and "pose" not in model.heads
+    batch = ds.batch(range(16))
+    list(model.train_step(batch, 3, 4))          # stage 2: the target statistics are set
+    yaw = batch.labels["yaw"].float()
+    torch.testing.assert_close(model.reg_stats["pose"].mean[0], yaw.mean())
+    f = model.encode(batch.image)
+    t = torch.stack([batch.labels["yaw"], batch.labels["roll"]], 1).float()
+    expected = torch.nn.functional.mse_loss(f["pose"], model.reg_stats["pose"].standardise(t))
+    torch.testing.assert_close(model.attribute_losses(f, batch.labels)["pose"], expected)
+    with pytest.raises(FacefactorsError, match="regress names 'posture'"):
+        build_model(ce_config(regress={"posture": ["yaw"]}), ds)
+    model = build_model(ce_config(regress={"pose": ["tilt"]}), ds).train()
+    with pytest.raises(FacefactorsError, match="needs the label 'tilt'"):
+        list(model.train_step(batch, 3, 4))
+
+
+@pytest.mark.parametrize("bad, match", [({"mode": "X"}, "method.mode"),
+                                        ({"z_dim": 40}, "z_dim is 40"),
+                                        ({"f": 0.0, "zrec": 0.0, "cyc": 0.0, "aug": 0.0}, "stage-2 weight"),
+                                        ({"triplet_mining": "semi"}, "triplet_mining")])
+def test_bad_params(ds, bad, match):
+    with pytest.raises(FacefactorsError, match=match):
+        build_model(ce_config(**bad), ds)
+
+
+def test_identity_only_variant(ds):
+    model = build_model(ce_config(attributes=["identity"], dims={"identity": 6}), ds)
+    assert model.part_names == ["identity", "rest"] and model.dims["rest"] == 14   # z_dim 20 - 6
+    assert model.regress == {} and model.triplet == ["identity"]
+
+
+ABLATIONS = {  # file suffix -> (what the row changes, checked on the loaded config)
+    "": {},
+    "_aae": {"adv": 0.0, "gen": 0.0},
+    "_no_gen": {"gen": 0.0},
+    "_discriminative_only": {"zrec": 0.0, "cyc": 0.0, "aug": 0.0},
+    "_no_disentanglement": {"cyc": 0.0, "aug": 0.0},
+    "_no_aug": {"aug": 0.0},
+    "_identity_only": {"attributes": ["identity"]},
+    "_expression_only": {"attributes": ["expression"]},
+}
+
+
+@pytest.mark.parametrize("mode", ["S", "J"])
+@pytest.mark.parametrize("suffix", list(ABLATIONS))
+def test_configs_load_and_build(mode, suffix):
+    path = CONFIGS / f"compact_embeddings_synthfaces_{mode}{suffix}.yaml"
+    cfg = load_config(path)
+    assert cfg.model.method == "compact_embeddings" and cfg.method["mode"] == mode
+    assert cfg.train.time_budget_min == 30 and cfg.data["size"] == 64
+    for key, value in ABLATIONS[suffix].items():
+        got = cfg.model.attributes if key == "attributes" else cfg.method[key]
+        assert got == value, (path.name, key)
+    base = load_config(CONFIGS / f"compact_embeddings_synthfaces_{mode}.yaml")
+    assert cfg.train == base.train and cfg.data == base.data     # same budget and data as the full model
+    tiny = generate(SynthFacesConfig(n=24, size=64, n_identities=4, seed=0))
+    model = build_model(cfg, tiny)
+    assert sum(model.dims.values()) >= cfg.method["z_dim"]
+    stage1 = model.stage1_steps(cfg.train.steps)
+    assert 0 < stage1 < cfg.train.steps
+
+
+def test_s_and_j_share_stage1():
+    s = load_config(CONFIGS / "compact_embeddings_synthfaces_S.yaml")
+    j = load_config(CONFIGS / "compact_embeddings_synthfaces_J.yaml")
+    assert round(s.method["stage1_fraction"] * s.train.steps) == round(j.method["stage1_fraction"] * j.train.steps)
+
+
+@pytest.mark.parametrize("mode", ["S", "J"])
+def test_resume_across_the_stage_switch_is_exact(tmp_path, ds, mode):
+    import shutil
+
+    from facefactors.train.checkpoint import list_checkpoints, read_checkpoint
+
+    cfg = ce_config(steps=4, mode=mode, stage1_fraction=0.5)
+    cfg.train.checkpoint_every, cfg.train.keep_checkpoints = 2, 10
+    Trainer(cfg, tmp_path / "a", dataset=ds, log=lambda m: None).fit()
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    list_checkpoints(tmp_path / "b")[-1].unlink()          # b now ends at step 2, the end of stage 1
+    Trainer(cfg, tmp_path / "b", resume=True, dataset=ds, log=lambda m: None).fit()
+    wa, _ = read_checkpoint(list_checkpoints(tmp_path / "a")[-1])
+    wb, _ = read_checkpoint(list_checkpoints(tmp_path / "b")[-1])
+    assert all(torch.equal(wa[k], wb[k]) for k in wa if k.startswith("model/"))
