@@ -42,7 +42,7 @@ from torch import nn
 from facefactors.data.specs import Batch
 from facefactors.latent import Latent
 from facefactors.methods.autoencoder import reconstruction_loss
-from facefactors.methods.base import Method, MethodParams, ModelSetup, OptimizerSpec
+from facefactors.methods.base import Method, MethodParams, ModelSetup, OptimizerSpec, warmup_ramp
 from facefactors.methods.registry import register
 from facefactors.nn.classifiers import CodeShapedClassifier, MLPHead
 from facefactors.nn.critics import PatchCritic, gradient_penalty
@@ -185,11 +185,7 @@ class AdversarialAttributes(Method):
 
     def schedule(self, step: int, total_steps: int) -> float:
         """Multiplier of the confusion, hybrid and critic terms: 0 during warm-up, then a linear ramp."""
-        p = self.params
-        t = step / max(total_steps, 1)
-        if t < p.warmup:
-            return 0.0
-        return 1.0 if p.ramp <= 0 else min(1.0, (t - p.warmup) / p.ramp)
+        return warmup_ramp(step, total_steps, self.params.warmup, self.params.ramp)
 
     def train_step(self, batch: Batch, step: int, total_steps: int) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
         p = self.params

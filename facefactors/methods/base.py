@@ -56,6 +56,15 @@ class OptimizerSpec:
         raise ValueError(f"unknown optimiser kind {self.kind!r}")
 
 
+def warmup_ramp(step: int, total_steps: int, warmup: float, ramp: float) -> float:
+    """Loss multiplier: 0 for the first ``warmup`` fraction of training, then a linear ramp to 1
+    over the next ``ramp`` fraction (1 at once when ``ramp`` <= 0)."""
+    t = step / max(total_steps, 1)
+    if t < warmup:
+        return 0.0
+    return 1.0 if ramp <= 0 else min(1.0, (t - warmup) / ramp)
+
+
 @dataclass
 class MethodParams:
     """Hyper-parameters every method shares; methods subclass it to add loss weights."""
