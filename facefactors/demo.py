@@ -23,7 +23,9 @@ DEMO = {
             "train": {"steps": 2400, "batch_size": 64, "time_budget_min": 10, "checkpoint_every": 2000,
                       "preview_every": 1000},
             "eval": {"n_pairs": 200, "max_train": 3000, "max_test": 1500, "oracle_steps": 600,
-                     "tsne_points": 600, "identity": {"max_verify_images": 4000, "edit_images": 64}},
+                     "tsne_points": 600, "identity": {"max_verify_images": 4000, "edit_images": 64},
+                     "suite": ["mig_dci_sap", "entropy", "hopkins", "tsne", "frechet", "readback", "identity",
+                               "attribute_interpolation"]},
         },
     },
     "quick": {
