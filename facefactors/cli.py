@@ -160,14 +160,19 @@ def cmd_encode(args) -> int:
     return 0
 
 
-def _load_images(run, paths: list[str]):
+def _load_uint8(run, paths: list[str]):
+    """Image files of the run's size and channels as one uint8 (N, C, H, W) tensor (clear errors)."""
     import torch
 
     from facefactors.data.images import load_image
+
+    return torch.stack([load_image(p, run.dataset.image_size, run.dataset.channels) for p in paths])
+
+
+def _load_images(run, paths: list[str]):
     from facefactors.data.specs import to_float_image
 
-    u8 = torch.stack([load_image(p, run.dataset.image_size, run.dataset.channels) for p in paths])
-    return to_float_image(u8)
+    return to_float_image(_load_uint8(run, paths))
 
 
 def cmd_swap(args) -> int:
@@ -195,7 +200,7 @@ def cmd_swap(args) -> int:
 def cmd_edit(args) -> int:
     import torch
 
-    from facefactors.data.images import load_image, save_image
+    from facefactors.data.images import save_image
     from facefactors.eval.editing import edit_image
     from facefactors.runs import load_run
 
@@ -203,7 +208,7 @@ def cmd_edit(args) -> int:
     ds = run.dataset
     if args.part is not None and args.part not in run.model.part_names:
         raise FacefactorsError(f"unknown part {args.part!r}; the model's parts: {', '.join(run.model.part_names)}")
-    images = torch.stack([load_image(p, ds.image_size, ds.channels) for p in args.image])
+    images = _load_uint8(run, args.image)
     if args.attribute in (getattr(run.model, "switch_parts", None) or {}):
         # parts that hold attribute values (ifcvae_gan): set them, several at once with --set
         from facefactors.eval.switch_edits import parse_switch_values, switch_edit
@@ -240,11 +245,7 @@ def cmd_sample(args) -> int:
               + ", ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, float)))
         return 0
     if args.image:
-        from facefactors.data.images import load_image
-        import torch
-
-        ds = run.dataset
-        images = torch.stack([load_image(p, ds.image_size, ds.channels) for p in args.image])
+        images = _load_uint8(run, args.image)
     else:
         import numpy as np
 

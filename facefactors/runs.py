@@ -52,15 +52,21 @@ class LoadedRun:
     step: int
 
 
+def run_config_path(run_dir: str | Path) -> Path:
+    """The resolved ``config.yaml`` of a run directory, with a clear error when there is none."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FacefactorsError(f"run directory not found: {run_dir}")
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise FacefactorsError(f"{run_dir} is not a run directory (no config.yaml)")
+    return path
+
+
 def load_run(run_dir: str | Path, device: str = "cpu", dataset: ImageDataset | None = None) -> LoadedRun:
     """Reopen a run: its config, its dataset (regenerated or loaded), and the latest weights (eval mode)."""
     run_dir = Path(run_dir)
-    cfg_path = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise FacefactorsError(f"run directory not found: {run_dir}")
-    if not cfg_path.is_file():
-        raise FacefactorsError(f"{run_dir} is not a run directory (no config.yaml)")
-    cfg = load_config(cfg_path)
+    cfg = load_config(run_config_path(run_dir))
     ds = dataset if dataset is not None else make_dataset(cfg.data)
     model = build_model(cfg, ds)
     step, _, _ = load_checkpoint(latest_checkpoint(run_dir), model, None, cfg.model.method)

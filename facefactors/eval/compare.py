@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-import yaml
 
 from facefactors.errors import FacefactorsError
 
@@ -245,17 +244,11 @@ def read_train_summary(run_dir: str | Path) -> dict | None:
 
 def read_data_spec(run_dir: str | Path) -> dict:
     """The ``data`` section of a run's resolved config.yaml."""
-    run_dir = Path(run_dir)
-    path = run_dir / "config.yaml"
-    if not run_dir.is_dir():
-        raise FacefactorsError(f"run directory not found: {run_dir}")
-    if not path.is_file():
-        raise FacefactorsError(f"{run_dir} is not a run directory (no config.yaml)")
-    try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise FacefactorsError(f"{path} is not valid YAML: {str(e).splitlines()[0]}") from None
-    data = raw.get("data") if isinstance(raw, dict) else None
+    from facefactors.config import load_yaml
+    from facefactors.runs import run_config_path
+
+    path = run_config_path(run_dir)
+    data = load_yaml(path).get("data")
     if not isinstance(data, dict):
         raise FacefactorsError(f"{path} has no data section")
     return data

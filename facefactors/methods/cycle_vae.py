@@ -24,7 +24,7 @@ Variants (report Sec. 4.0.3.2), all off by default:
   (x_1, Dec(z ~ N(0, I), s_1)) (group ``discriminator``); the generator term reaches the decoder
   only (``adv_target: decoder``, s detached) or the encoder too (``adv_target: both``).
 
-Pairs: with a dataset bound (``bind_dataset``, which the trainer calls when available) partners
+Pairs: with the dataset bound (``bind_dataset``, which the trainer calls before training) partners
 come from the train split through ``PairSampler``, seeded by (seed, step); otherwise from within
 the batch (``in_batch_partners``; an image without a same-class partner is paired with itself).
 

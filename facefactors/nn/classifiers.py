@@ -26,19 +26,18 @@ class MLPHead(nn.Module):
         return self.net(z)
 
 
-class ImageClassifier(nn.Module):
-    """Image -> logits per attribute: a shared conv trunk and one linear head per attribute.
+class MultiHeadClassifier(nn.Module):
+    """A conv ``trunk`` to a 4x4 map, a ``feature_dim`` layer, one linear head per output.
 
     ``features`` exposes the penultimate representation (used as an evaluation feature
     extractor, e.g. for Fréchet distances).
     """
 
-    def __init__(self, image_size: int, channels: int, heads: dict[str, int], width: int = 32,
-                 feature_dim: int = 256, norm: str = "batch"):
+    def __init__(self, trunk: nn.Module, trunk_channels: int, heads: dict[str, int], feature_dim: int,
+                 activation: nn.Module):
         super().__init__()
-        self.trunk = ConvTrunk(image_size, channels, width, 4, norm)
-        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(self.trunk.out_channels * 16, feature_dim),
-                                nn.LeakyReLU(0.2, inplace=True))
+        self.trunk = trunk
+        self.fc = nn.Sequential(nn.Flatten(), nn.Linear(trunk_channels * 16, feature_dim), activation)
         self.heads = nn.ModuleDict({k: nn.Linear(feature_dim, n) for k, n in heads.items()})
 
     def features(self, x: torch.Tensor) -> torch.Tensor:
@@ -47,6 +46,15 @@ class ImageClassifier(nn.Module):
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         f = self.features(x)
         return {k: head(f) for k, head in self.heads.items()}
+
+
+class ImageClassifier(MultiHeadClassifier):
+    """Image -> logits per attribute on the methods' shared (4x4-kernel) conv trunk."""
+
+    def __init__(self, image_size: int, channels: int, heads: dict[str, int], width: int = 32,
+                 feature_dim: int = 256, norm: str = "batch"):
+        trunk = ConvTrunk(image_size, channels, width, 4, norm)
+        super().__init__(trunk, trunk.out_channels, heads, feature_dim, nn.LeakyReLU(0.2, inplace=True))
 
 
 class CodeShapedClassifier(nn.Module):
