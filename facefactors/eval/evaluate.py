@@ -454,13 +454,13 @@ def evaluate(model, ds: ImageDataset, out_dir, cfg: EvalConfig | None = None, de
     }
     for key in ("probes", "suite", "fewshot_shots"):
         metrics["eval_config"][key] = list(getattr(cfg, key))
-    identity_figures: dict[str, Path] = {}  # and the other method-specific sections' figures
+    extra_figures: dict[str, Path] = {}  # the suite sections' figures
     if "identity" in cfg.suite:
         from facefactors.config import build_dataclass
         from facefactors.eval.identity import IdentityEvalConfig, identity_evaluation
 
         log("evaluate: verification, attribute recognition, Gaussianity, editing")
-        metrics["identity"], identity_figures = identity_evaluation(
+        metrics["identity"], extra_figures = identity_evaluation(
             model, ds, out_dir, build_dataclass(IdentityEvalConfig, dict(cfg.identity), "eval.identity"), device,
             log, oracle=oracle, train=train, test=test)
     if "complements" in cfg.suite and len(parts) > 1:
@@ -471,21 +471,21 @@ def evaluate(model, ds: ImageDataset, out_dir, cfg: EvalConfig | None = None, de
         metrics["complements"], figs = complement_evaluation(
             model, ds, out_dir, build_dataclass(ComplementConfig, dict(cfg.complements), "eval.complements"), device,
             log, train=train, test=test)
-        identity_figures.update(figs)
+        extra_figures.update(figs)
     if "switch_edits" in cfg.suite and getattr(model, "switch_parts", None) and oracle is not None:
         from facefactors.eval.switch_edits import switch_edit_report
 
         log("evaluate: switch edits (attribute parts set to each value), scored by the oracle")
         metrics["switch_edits"], figs = switch_edit_report(model, ds, out_dir, oracle, seed=cfg.seed,
                                                            batch_size=cfg.batch_size, device=device, log=log)
-        identity_figures.update(figs)
+        extra_figures.update(figs)
     if "sampling" in cfg.suite and len(parts) == 2 and parts[-1] == "rest" and _has_prior(model, "rest"):
         from facefactors.eval.sampling import sampling_report
 
         log(f"evaluate: random rest codes with fixed {parts[0]!r}, few-shot transfer of unseen classes")
         metrics["sampling"], figs = sampling_report(model, ds, out_dir, part=parts[0], oracle=oracle, seed=cfg.seed,
                                                     batch_size=cfg.batch_size, device=device, log=log)
-        identity_figures.update(figs)
+        extra_figures.update(figs)
     if "memorisation" in cfg.suite:
         from facefactors.config import build_dataclass
         from facefactors.eval.memorisation import MemorisationConfig, memorisation_evaluation
@@ -494,12 +494,12 @@ def evaluate(model, ds: ImageDataset, out_dir, cfg: EvalConfig | None = None, de
         metrics["memorisation"], figs = memorisation_evaluation(
             model, ds, out_dir, build_dataclass(MemorisationConfig, dict(cfg.memorisation), "eval.memorisation"),
             device, log)
-        identity_figures.update(figs)
+        extra_figures.update(figs)
     write_json(out_dir / "metrics.json", metrics)
 
     log("evaluate: figures")
     figures = _figures(model, ds, parts, test_all, leakage, cf_examples, fig_dir, cfg, device, log)
-    figures.update(identity_figures)
+    figures.update(extra_figures)
     if "tsne" in cfg.suite:
         from facefactors.viz.tsne import tsne_figures
 
