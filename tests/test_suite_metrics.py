@@ -169,6 +169,14 @@ def test_tsne_figures(tmp_path):
     assert tsne_figures(_arrays(50, 3), ATTRS, tmp_path / "few") == {}  # too few points: no figure
 
 
+def test_tsne_of_a_scalar_part(tmp_path):
+    # A switch part (ifcvae_gan's y value) is one number per image: no 2-D PCA initialisation.
+    arrays = _arrays(120, 2)
+    arrays["part/switch"] = np.random.default_rng(0).random((120, 1))
+    figs = tsne_figures(arrays, ATTRS, tmp_path, parts=["switch"])
+    assert [p.name for p in figs.values()] == ["tsne_switch.png"]
+
+
 # --------------------------------------------------------------------------- the suite in evaluate
 class PriorShapes(ShapesOracle):
     """ShapesOracle with a prior over the shape part and its own colour classifier."""

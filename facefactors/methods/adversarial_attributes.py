@@ -61,6 +61,7 @@ class AdversarialAttributesParams(MethodParams):
     res_blocks: int = 2                   # decoder residual blocks at code resolution (paper: 6)
     critic_width: int = 32
     critic_layers: int = 3
+    critic_style: str = "pix2pix"         # pix2pix | deep (StarGAN's deeper PatchGAN, the paper's)
     rec: float = 10.0
     rec_loss: str = "l1"
     cls: float = 1.0
@@ -135,7 +136,7 @@ class AdversarialAttributes(Method):
         self.classifiers = nn.ModuleDict({
             a: CodeShapedClassifier(setup.image_size, setup.channels, p.code_channels, p.code_size, k, setup.width)
             for a, k in self.n_classes.items()})
-        self.critic = PatchCritic(setup.channels, p.critic_width, p.critic_layers) if p.adv > 0 else None
+        self.critic = PatchCritic(setup.channels, p.critic_width, p.critic_layers, style=p.critic_style) if p.adv > 0 else None
         code_dim = p.code_channels * p.code_size * p.code_size
         self.adversaries = None
         if p.adversary_hidden > 0:

@@ -41,7 +41,8 @@ def embed(x: np.ndarray, seed: int = 0, perplexity: float = 30.0) -> np.ndarray:
     if x.shape[1] > 50 and len(x) > 50:
         x = PCA(50, random_state=seed).fit_transform(x)
     perplexity = min(perplexity, (len(x) - 1) / 3.0)
-    return TSNE(2, perplexity=perplexity, init="pca", random_state=seed, max_iter=750).fit_transform(x)
+    init = "pca" if x.shape[1] >= 2 else "random"   # a scalar part (a switch value) has no 2-D PCA
+    return TSNE(2, perplexity=perplexity, init=init, random_state=seed, max_iter=750).fit_transform(x)
 
 
 def tsne_figure(xy: np.ndarray, colours: Mapping[str, tuple[np.ndarray, AttributeSpec]], title: str):
