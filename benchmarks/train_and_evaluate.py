@@ -84,6 +84,11 @@ def markdown(result: dict) -> str:
         out.append(f"- MIG {h.get('mig') or 0:.3f}; DCI disentanglement {dci.get('disentanglement') or 0:.3f}, "
                    f"completeness {dci.get('completeness') or 0:.3f}, informativeness "
                    f"{dci.get('informativeness') or 0:.3f}; SAP {m.get('sap') or 0:.3f}")
+    switch = (m.get("switch_edits") or {}).get("attributes") or {}
+    for attr, r in switch.items():
+        targets = ", ".join(f"-> {v} {t['success_rate']:.2f} (n {t['n']}, unedited {t['unedited_rate']:.2f})"
+                            for v, t in r["targets"].items())
+        out.append(f"- switch edit {attr}: success {targets}; mean {r['mean_success_rate']:.2f}")
     if m.get("identity"):
         from facefactors.eval.identity import identity_headline_lines
 
