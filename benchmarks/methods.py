@@ -3,14 +3,19 @@
     python benchmarks/methods.py [--budget-min 30] [--methods autoencoder,d2ae] [--out runs/bench/methods] \
         [key=value ...]
 
-Each method trains from its own ``configs/<method>_synthfaces.yaml`` (methods without one are
-skipped, and the output says so) with ``train.time_budget_min`` set to the budget (the config's
-``train.steps`` stays a cap, so step-based schedules keep their meaning), then goes through the
+Each method trains from its own ``configs/<method>_synthfaces.yaml`` (or the config named in
+``HEADLINE_CONFIGS``; methods without one are skipped, and the output says so) with
+``train.time_budget_min`` set to the budget (the config's ``train.steps`` stays a cap, so step-based schedules keep their meaning), then goes through the
 common evaluation. Finished runs under ``--out`` are reused and unfinished ones resume, so an
 interrupted benchmark continues. Writes ``benchmarks/results/leaderboard.json``, a comparison page
 ``<out>/comparison.html`` of all methods, and prints the markdown leaderboard for BENCHMARKS.md
 (method, budget, images/s, PSNR, max normalized leakage linear/MLP, mean counterfactual ratio,
 MIG, DCI-D) with the command, machine and date.
+
+``--from-results`` trains nothing: it reads each method's recorded benchmark
+(``benchmarks/results/<config name>.json``, written by ``train_and_evaluate.py`` with the
+config's own fixed budget), tabulates those, and builds the comparison page from their run
+directories, leaving out (and naming) runs whose dataset differs from the first one's.
 """
 from __future__ import annotations
 
@@ -32,12 +37,18 @@ COLUMNS = (("images_per_s", "images/s"), ("psnr", "PSNR (dB)"), ("leak/linear", 
            ("mig", "MIG"), ("dci/disentanglement", "DCI-D"))
 
 
+# Methods whose SynthFaces-64 headline config is not ``<method>_synthfaces.yaml``, and recorded
+# results not named after their config.
+HEADLINE_CONFIGS = {"compact_embeddings": "compact_embeddings_synthfaces_J.yaml"}   # J: the paper's preferred mode
+RESULT_NAMES = {"autoencoder_synthfaces": "ae_baseline"}
+
+
 def method_configs(methods: Sequence[str], configs_dir: str | Path = ROOT / "configs"
                    ) -> tuple[list[tuple[str, Path]], list[str]]:
-    """``(method, configs/<method>_synthfaces.yaml)`` for methods that have one; the others."""
+    """``(method, its SynthFaces-64 headline config)`` for methods that have one; the others."""
     found, skipped = [], []
     for m in methods:
-        path = Path(configs_dir) / f"{m}_synthfaces.yaml"
+        path = Path(configs_dir) / HEADLINE_CONFIGS.get(m, f"{m}_synthfaces.yaml")
         (found.append((m, path)) if path.is_file() else skipped.append(m))
     return found, skipped
 
@@ -65,7 +76,8 @@ def leaderboard_markdown(entries: Sequence[Mapping[str, Any]], command: str, mac
             text = fig.format(values[i])
             cells.append(f"**{text}**" if i in best else text)
         budget = e.get("budget_min")
-        lines.append(f"| {e['method']} | {'n/a' if budget is None else f'{budget:g} min'} | "
+        budget_text = "n/a" if budget is None else f"{budget:g} min" + (f", {e['compute']}" if e.get("compute") else "")
+        lines.append(f"| {e['method']} | {budget_text} | "
                      + " | ".join(cells) + " |")
     lines += ["", "Leakage: largest normalized off-diagonal probe accuracy (0 = chance, 1 = fully readable); "
               "mean CF ratio: counterfactual transfer error over reconstruction error, mean over the parts "
@@ -90,6 +102,49 @@ def benchmark_method(method: str, config: Path, budget_min: float, out_dir: Path
             "state": state, "train": train, "figures": values, "notes": notes, "headline": headline(metrics)}
 
 
+def recorded_entry(method: str, config: Path, results_dir: Path, name: str | None = None) -> dict[str, Any] | None:
+    """The leaderboard entry of a method's recorded benchmark result (``name``, by default the
+    config's), or None if there is none."""
+    import json
+    import re
+
+    path = results_dir / f"{name or RESULT_NAMES.get(config.stem, config.stem)}.json"
+    if not path.is_file():
+        return None
+    result = json.loads(path.read_text(encoding="utf-8"))
+    values, notes = figures_of(result["metrics"], result["train"])
+    out = re.search(r"--out\s+(\S+)", result.get("command", ""))
+    threads = re.search(r"(\d+) threads?", result.get("machine", ""))
+    def shown(p: Path) -> str:
+        return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
+
+    return {"method": method, "config": shown(config),
+            "budget_min": round(result["train"]["train_seconds"] / 60), "result": shown(path),
+            "compute": f"{threads.group(1)} thr." if threads else None, "run_dir": out.group(1) if out else None,
+            "overrides": result.get("overrides") or [], "date": result.get("date"), "figures": values, "notes": notes}
+
+
+def comparable_runs(entries: Sequence[Mapping[str, Any]]) -> tuple[list[str], list[str]]:
+    """Run directories (that exist) on the first one's dataset, and notes on the ones left out."""
+    from facefactors.eval.compare import dataset_differences, read_data_spec
+
+    keep, notes, ref = [], [], None
+    for e in entries:
+        run = e.get("run_dir")
+        if not run or not (Path(run) / "metrics.json").is_file():
+            notes.append(f"{e['method']}: run directory {run} not on this machine")
+            continue
+        spec = read_data_spec(Path(run))
+        if ref is None:
+            ref = spec
+        diff = dataset_differences(ref, spec)
+        if diff:
+            notes.append(f"{e['method']}: other data ({', '.join(f'data.{k} {b!r} vs {a!r}' for k, a, b in diff)})")
+            continue
+        keep.append(run)
+    return keep, notes
+
+
 def main(argv: list[str] | None = None) -> int:
     from facefactors.config import load_config
     from facefactors.eval.ablation import DatasetCache
@@ -105,6 +160,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="runs/bench/methods", help="folder for the runs")
     ap.add_argument("--results", default=str(ROOT / "benchmarks" / "results" / "leaderboard.json"))
     ap.add_argument("--device", default="auto", help="evaluation device (training uses train.device)")
+    ap.add_argument("--from-results", action="store_true",
+                    help="tabulate the recorded benchmark results instead of training")
+    ap.add_argument("--result", action="append", default=[], metavar="METHOD=NAME",
+                    help="with --from-results: use benchmarks/results/NAME.json for METHOD")
     args = ap.parse_intermixed_args(argv)
     available = registry.available()
     methods = [m.strip() for m in args.methods.split(",") if m.strip()] if args.methods else list(available)
@@ -113,11 +172,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unknown method(s) {', '.join(unknown)}; registered: {', '.join(available)}")
     todo, skipped = method_configs(methods)
     for m in skipped:
-        print(f"skipping {m}: no configs/{m}_synthfaces.yaml", flush=True)
+        print(f"skipping {m}: no configs/{HEADLINE_CONFIGS.get(m, f'{m}_synthfaces.yaml')}", flush=True)
     device = str(resolve_device(args.device))
     out_dir = Path(args.out)
     command = "python " + " ".join([sys.argv[0] if argv is None else "benchmarks/methods.py",
                                     *(sys.argv[1:] if argv is None else argv)])
+    if args.from_results:
+        names = dict(item.split("=", 1) for item in args.result)
+        return from_results(todo, skipped, command, out_dir, device, Path(args.results), names)
     datasets = DatasetCache()
     entries = []
     for method, config in todo:
@@ -131,6 +193,35 @@ def main(argv: list[str] | None = None) -> int:
                                 dataset=datasets.get(load_config(todo[0][1], args.overrides).data))
         print(f"comparison: {page}")
     print(leaderboard_markdown(entries, command, result["machine"], result["date"], skipped))
+    return 0
+
+
+def from_results(todo, skipped, command: str, out_dir: Path, device: str, results_path: Path,
+                 names: Mapping[str, str]) -> int:
+    """The leaderboard of the recorded benchmarks, and the comparison page of those on one dataset."""
+    from facefactors.eval.compare import build_comparison
+    from facefactors.io import write_json
+
+    entries, missing = [], []
+    for method, config in todo:
+        entry = recorded_entry(method, config, ROOT / "benchmarks" / "results", names.get(method))
+        (entries.append(entry) if entry else missing.append(method))
+    for m in missing:
+        print(f"skipping {m}: no recorded result benchmarks/results/<its config>.json", flush=True)
+    runs, notes = comparable_runs(entries)
+    page = None
+    if len(runs) > 1:
+        page = build_comparison(runs, out_dir / "comparison.html", device=device)
+        print(f"comparison: {page}")
+    dates = sorted({e["date"] for e in entries if e.get("date")})
+    machine_line = "as recorded per result (2-core CPU; thr. = torch threads: 1 where two runs shared the machine)"
+    md = leaderboard_markdown(entries, command, machine_line, ", ".join(dates), skipped)
+    if missing:
+        md += f"\nNo recorded benchmark yet: {', '.join(missing)}."
+    md += "".join(f"\nNot on the comparison page: {n}." for n in notes)
+    write_json(results_path, {"command": command, "from_results": True, "entries": entries, "skipped": skipped,
+                              "missing": missing, "comparison": str(page) if page else None, "left_out": notes})
+    print(md)
     return 0
 
 

@@ -223,3 +223,40 @@ def test_leaderboard_markdown_on_fake_results(tmp_path):
     (tmp_path / "autoencoder_synthfaces.yaml").write_text("seed: 0\n")
     found, skipped = method_configs(["autoencoder", "d2ae"], tmp_path)
     assert found == [("autoencoder", tmp_path / "autoencoder_synthfaces.yaml")] and skipped == ["d2ae"]
+
+
+def test_leaderboard_from_recorded_results(tmp_path):
+    import json
+
+    import yaml
+
+    from benchmarks.methods import ROOT, comparable_runs, recorded_entry
+    from tests.test_compare import fake_metrics
+
+    results = tmp_path / "results"
+    results.mkdir()
+    for name, data, threads in (("ae_baseline", {"name": "synthfaces"}, 2),
+                                ("d2ae_synthfaces", {"name": "synthfaces", "n_identities": 600}, 1),
+                                ("ifcvae_gan_synthfaces", {"name": "synthfaces", "n": 30000}, 1)):
+        run = tmp_path / "runs" / name
+        run.mkdir(parents=True)
+        (run / "config.yaml").write_text(yaml.safe_dump({"data": data}))
+        (run / "metrics.json").write_text("{}")
+        (results / f"{name}.json").write_text(json.dumps({
+            "command": f"python benchmarks/train_and_evaluate.py x.yaml --out {run} train.num_threads={threads}",
+            "machine": f"2 cores (cpu), torch 2, {threads} threads", "date": "2026-11-23",
+            "train": {"train_seconds": 1790.0, "images_per_s": 50.0 * threads, "step": 100},
+            "metrics": fake_metrics(20.0 + threads, 0.3, 0.4, 0.9)}))
+    configs = ROOT / "configs"
+    ae = recorded_entry("autoencoder", configs / "autoencoder_synthfaces.yaml", results)   # named ae_baseline
+    assert ae["budget_min"] == 30 and ae["compute"] == "2 thr." and ae["figures"]["psnr"] == 22.0
+    assert ae["figures"]["images_per_s"] == 100.0 and ae["run_dir"] == str(tmp_path / "runs" / "ae_baseline")
+    d2ae = recorded_entry("d2ae", configs / "d2ae_synthfaces.yaml", results)
+    ifc = recorded_entry("ifcvae_gan", configs / "ifcvae_gan_synthfaces.yaml", results)
+    assert recorded_entry("cycle_vae", configs / "cycle_vae_synthfaces.yaml", results) is None
+    assert recorded_entry("ifcvae_gan", configs / "x.yaml", results, name="d2ae_synthfaces")["compute"] == "1 thr."
+    # the comparison page takes runs on the first run's data; the others are named with the difference
+    keep, notes = comparable_runs([ae, d2ae, ifc, {"method": "gone", "run_dir": str(tmp_path / "nope")}])
+    assert keep == [ae["run_dir"], ifc["run_dir"]]
+    assert notes[0].startswith("d2ae: other data (data.n_identities 600 vs 100")
+    assert notes[1].startswith("gone: run directory")
