@@ -397,9 +397,13 @@ def build_comparison(run_dirs: Sequence[str | Path], output: str | Path, evaluat
     missing = [r for r in run_dirs if not (r / "metrics.json").is_file()]
     if missing and not evaluate_missing:
         read_metrics(missing[0])  # raises the error naming the run
+    # Derived labels (ifcvae_gan's smile) change no image: the shared dataset carries every run's.
+    derived = list(dict.fromkeys(d for spec in specs.values() for d in (spec.get("derived") or [])))
+    if dataset is not None and any(d not in dataset.attributes for d in derived):
+        dataset = None
     if dataset is None:
         log(f"compare: building the dataset of {names[0]}")
-        dataset = make_dataset(specs[str(run_dirs[0])])
+        dataset = make_dataset({**specs[str(run_dirs[0])], **({"derived": derived} if derived else {})})
     for r in missing:
         log(f"compare: evaluating {r}")
         _evaluate_run(r, dataset, device, log)
