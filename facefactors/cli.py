@@ -236,6 +236,10 @@ def cmd_sample(args) -> int:
     from facefactors.runs import load_run
 
     run = load_run(args.run, device=args.device)
+    if args.prior or args.fitted:
+        return _sample_new(run, args)
+    if not args.part:
+        raise FacefactorsError("give --part (the part kept fixed), or --prior / --fitted for wholly new images")
     if args.part not in run.model.part_names:
         raise FacefactorsError(f"unknown part {args.part!r}; the model's parts: {', '.join(run.model.part_names)}")
     if args.fewshot:
@@ -257,6 +261,36 @@ def cmd_sample(args) -> int:
     save_png(args.output, grid)
     print(f"wrote {args.output}: row 0 the images, rows 1-{args.samples} random rest codes with each image's "
           f"{args.part}")
+    return 0
+
+
+def _sample_new(run, args) -> int:
+    """New images: draws from the method's prior (--prior), or from a Gaussian fitted to the
+    training codes (--fitted, which every method has)."""
+    import numpy as np
+
+    from facefactors.eval.evaluate import fitted_gaussian_samples, sample_images
+    from facefactors.io import save_png
+    from facefactors.eval.switch_edits import enlarge
+    from facefactors.viz.grids import image_grid
+
+    n = args.n * args.samples
+    ds = run.dataset
+    if args.fitted:
+        images, what = fitted_gaussian_samples(run.model, ds, np.asarray(ds.split("train"), np.int64), n, args.seed,
+                                               device=args.device), "a Gaussian fitted to the training codes"
+    else:
+        images, drawn = sample_images(run.model, ds, np.asarray(ds.split("test"), np.int64), n, args.seed,
+                                      device=args.device)
+        if images is None:
+            raise FacefactorsError(f"method {run.config.model.method!r} has no prior to sample from; "
+                                   "use --fitted (a Gaussian fitted to its training codes)")
+        what = f"the prior of {', '.join(drawn)}" + ("" if set(drawn) == set(run.model.part_names)
+                                                     else " (the other parts from random test images)")
+    cells = [np.asarray(im.permute(1, 2, 0)) for im in images]
+    grid = image_grid([cells[r * args.samples:(r + 1) * args.samples] for r in range(args.n)])
+    save_png(args.output, enlarge(grid, ds.image_size))
+    print(f"wrote {args.output}: {n} images decoded from {what}")
     return 0
 
 
@@ -422,12 +456,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--device", default="cpu")
     s.set_defaults(func=cmd_edit)
 
-    s = sub.add_parser("sample", help="decode random rest codes with fixed attribute parts, or few-shot transfer",
+    s = sub.add_parser("sample", help="decode random rest codes with fixed attribute parts, few-shot transfer, "
+                       "or new images from the prior",
                        formatter_class=fmt, epilog=_examples(
                            "facefactors sample runs/cvae1 --part digit --n 8 --samples 6 -o samples.png\n"
-                           "facefactors sample runs/cvae1 --part identity --fewshot -o unseen.png"))
+                           "facefactors sample runs/cvae1 --part identity --fewshot -o unseen.png\n"
+                           "facefactors sample runs/compact1 --prior --n 4 --samples 8 -o faces.png"))
     s.add_argument("run")
-    s.add_argument("--part", required=True, help="the attribute part kept fixed (or transferred with --fewshot)")
+    s.add_argument("--part", help="the attribute part kept fixed (or transferred with --fewshot)")
+    s.add_argument("--prior", action="store_true", help="wholly new images from the method's prior "
+                   "(--n rows of --samples)")
+    s.add_argument("--fitted", action="store_true", help="wholly new images from a Gaussian fitted to the "
+                   "training codes (any method)")
     s.add_argument("--image", nargs="*", help="images whose part is kept (default: --n random test images)")
     s.add_argument("--n", type=int, default=8, help="random test images when no --image is given")
     s.add_argument("--samples", type=int, default=6, help="random rest codes per image")

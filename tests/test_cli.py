@@ -204,3 +204,22 @@ def test_edit_writes_edited_images_and_names_bad_values(capsys, trained_run, tmp
                                "--value", "bottom", "--with-inputs", "-o", str(out))
     assert code == 0 and "edited towards place = bottom" in outtext
     assert Image.open(out).size == (64, 64)  # two rows of original | edit, 32 px each
+
+
+def test_sample_new_images_from_fitted_gaussian_or_prior(capsys, trained_run, tmp_path, monkeypatch):
+    from PIL import Image
+
+    run, ds = trained_run
+    monkeypatch.setattr("facefactors.runs.make_dataset", lambda spec: ds)
+    code, out, _ = run_cli(capsys, "sample", str(run), "--fitted", "--n", "2", "--samples", "3",
+                           "-o", str(tmp_path / "fitted.png"))
+    assert code == 0 and "Gaussian fitted to the training codes" in out
+    w, h = Image.open(tmp_path / "fitted.png").size
+    assert w > h > 0   # 2 rows of 3 cells
+    code, again, _ = run_cli(capsys, "sample", str(run), "--fitted", "--n", "2", "--samples", "3",
+                             "-o", str(tmp_path / "again.png"))
+    assert (tmp_path / "again.png").read_bytes() == (tmp_path / "fitted.png").read_bytes()   # seeded
+    code, _, err = run_cli(capsys, "sample", str(run), "--prior", "-o", str(tmp_path / "prior.png"))
+    assert code != 0 and "no prior to sample from" in err and "--fitted" in err   # the autoencoder has none
+    code, _, err = run_cli(capsys, "sample", str(run), "-o", str(tmp_path / "x.png"))
+    assert code != 0 and "--part" in err

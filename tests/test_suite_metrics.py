@@ -213,6 +213,9 @@ def test_evaluate_runs_the_suite(tmp_path):
     fd = on_disk["frechet"]
     assert fd["reconstructions"]["value"] == pytest.approx(0.0, abs=1e-6)  # exact reconstructions
     assert fd["samples"]["sampled_parts"] == ["shape"] and fd["samples"]["extractor"].startswith("facefactors-oracle:")
+    # ex-post Gaussian samples exist for every method; decoded one-hot argmaxes are valid shapes, so finite
+    assert fd["samples_fitted"]["density"].startswith("Gaussian fitted to training codes")
+    assert 0.0 <= fd["samples_fitted"]["value"] < float("inf")
     assert list((tmp_path / "cache" / "oracles").iterdir())
     h = headline(metrics)
     assert h["mig"] == metrics["mig"] and h["dci_disentanglement"] == metrics["dci"]["disentanglement"]
@@ -221,7 +224,7 @@ def test_evaluate_runs_the_suite(tmp_path):
     assert {"tsne_colour.png", "tsne_shape.png", "tsne_rest.png"} <= figs
     html = (tmp_path / "run" / "report.html").read_text()
     for title in ("Disentanglement metrics", "Classifier posterior entropy", "Hopkins statistic",
-                  "Few-shot recognition", "Fréchet distance", "t-SNE per part"):
+                  "Few-shot recognition", "Fréchet distance", "t-SNE per part", "Gaussian fitted to training codes"):
         assert title in html, title
     assert html.count("data:image/png;base64,") == len(figs)
 

@@ -25,6 +25,7 @@ from facefactors.eval.latents import encode_split, parts_of
 from facefactors.eval.probes import leakage_matrix
 from facefactors.eval.reconstruction import reconstruction_metrics
 from facefactors.io import save_png, write_json
+from facefactors.latent import Latent
 
 SUITE = ("mig_dci_sap", "entropy", "hopkins", "tsne", "fewshot", "frechet", "readback", "identity", "complements",
          "memorisation", "attribute_interpolation", "switch_edits", "sampling")
@@ -309,6 +310,33 @@ def _oracle(ds: ImageDataset, cfg: EvalConfig, device, log, model=None):
     return get_oracle(ds, ocfg, cache_dir=cfg.oracle_cache, device=device, log=lambda m: log("  " + m))
 
 
+def fitted_gaussian_samples(model, ds: ImageDataset, indices: np.ndarray, n: int, seed: int = 0,
+                            batch_size: int = 256, device="cpu", max_fit: int = 5000):
+    """Decode ``n`` draws from one Gaussian (mean, full covariance) fitted to the codes of up to
+    ``max_fit`` training images, all parts concatenated: ex-post density estimation (Ghosh et al.,
+    "From variational to deterministic autoencoders", 2020). It gives every method, priorless
+    ones included, samples measured the same way. None when there are too few codes to fit."""
+    import torch
+
+    from facefactors.eval.latents import decode_uint8, encode_images
+
+    rng = np.random.default_rng([seed, 37])
+    pick = np.sort(rng.choice(indices, size=min(max_fit, len(indices)), replace=False))
+    if len(pick) < 2:
+        return None
+    z = encode_images(model, ds.images[torch.from_numpy(pick)], batch_size, device)
+    flat = z.flatten().double().numpy()
+    mean, cov = flat.mean(0), np.cov(flat, rowvar=False).reshape(flat.shape[1], flat.shape[1])
+    draws = rng.multivariate_normal(mean, cov, size=n, method="eigh")   # eigh: PSD-safe for rank-deficient codes
+    parts, start = {}, 0
+    for p in z.parts:
+        shape = z[p].shape[1:]
+        size = int(np.prod(shape))
+        parts[p] = torch.from_numpy(draws[:, start:start + size]).float().reshape(n, *shape)
+        start += size
+    return decode_uint8(model, Latent(parts), batch_size, device)
+
+
 def _frechet(model, ds: ImageDataset, test_all: np.ndarray, train_all: np.ndarray, cfg: EvalConfig, device,
              log, oracle=None) -> tuple[dict, dict]:
     """Fréchet distances (reconstructions, prior samples, real train as a floor) and the oracle summary."""
@@ -337,12 +365,16 @@ def _frechet(model, ds: ImageDataset, test_all: np.ndarray, train_all: np.ndarra
         out["samples_skipped"] = "the method has no prior to sample from"
     else:
         out["samples"] = dict(frechet_to_real(samples, ds, oracle, real_indices=real_idx, **kw), sampled_parts=drawn)
+    fitted = fitted_gaussian_samples(model, ds, train_all, n, cfg.seed, cfg.batch_size, device)
+    if fitted is not None:
+        out["samples_fitted"] = dict(frechet_to_real(fitted, ds, oracle, real_indices=real_idx, **kw),
+                                     density="Gaussian fitted to training codes (ex-post, Ghosh et al. 2020)")
     m = min(n, len(train_all))
     if m >= 2:
         train_idx = np.sort(rng.choice(train_all, size=m, replace=False))
         out["real_train"] = frechet_to_real(ds.images[torch.from_numpy(train_idx)], ds, oracle,
                                             real_indices=real_idx, **kw)
-    for k in ("reconstructions", "samples", "real_train"):
+    for k in ("reconstructions", "samples", "samples_fitted", "real_train"):
         if out.get(k):
             log(f"  Fréchet distance {k} vs real test: {out[k]['value']:.3f} ({out[k]['extractor']})")
     return out, oracle_info

@@ -244,6 +244,7 @@ def _frechet_section(fd: Mapping[str, Any], oracle: Mapping[str, Any]) -> str:
     if not fd and not oracle:
         return ""
     labels = {"reconstructions": "reconstructions of test images", "samples": "samples from the prior",
+              "samples_fitted": "samples from a Gaussian fitted to training codes (every method)",
               "real_train": "real train images (reference)"}
     rows = []
     for key, label in labels.items():
