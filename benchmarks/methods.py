@@ -115,6 +115,7 @@ def recorded_entry(method: str, config: Path, results_dir: Path, name: str | Non
     values, notes = figures_of(result["metrics"], result["train"])
     out = re.search(r"--out\s+(\S+)", result.get("command", ""))
     threads = re.search(r"(\d+) threads?", result.get("machine", ""))
+
     def shown(p: Path) -> str:
         return str(p.relative_to(ROOT)) if p.is_relative_to(ROOT) else str(p)
 
