@@ -6,8 +6,8 @@ import pytest
 
 from facefactors.data.pairs import image_numbers, make_pairs, read_lfw_pairs, write_lfw_pairs
 from facefactors.errors import FacefactorsError
-from facefactors.eval.verification import (best_threshold, cosine_scores, feature_sets, kfold_accuracy, roc_curve,
-                                           tpr_at_fpr, verification_report, verify)
+from facefactors.eval.verification import (auc, best_threshold, cosine_scores, feature_sets, kfold_accuracy,
+                                           paired_difference, roc_curve, tpr_at_fpr, verification_report, verify)
 
 
 def identities(n_ids=40, per_id=12, seed=0):
@@ -125,3 +125,22 @@ def test_cosine_and_feature_sets():
     assert list(sets) == ["a", "b", "a+b"] and sets["a+b"].shape == (4, 3)
     with pytest.raises(FacefactorsError, match="missing"):
         feature_sets({"part/a": x}, ["a", "zzz"])
+
+
+def test_paired_difference_detects_a_small_shift_and_not_noise():
+    ids = identities(n_ids=60, per_id=12)
+    pairs = make_pairs(ids, n_folds=10, per_fold=60)
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=len(pairs))
+    a = base + 0.1 * pairs.same
+    b = base + 0.6 * pairs.same          # same noise, more separation: B verifies better
+    res = paired_difference(a, b, pairs, n_boot=300)
+    fpr, tpr, _ = roc_curve(a, pairs.same)
+    assert res["auc_a"] == pytest.approx(auc(fpr, tpr))   # rank AUC equals the ROC area
+    assert res["auc_difference"] > 0.1 and res["auc_difference_ci95"][0] > 0
+    assert res["p_auc_not_greater"] == 0.0
+    assert res["folds_favouring_b"] >= 8 and len(res["fold_accuracy_difference"]) == 10
+    same = paired_difference(a, a.copy(), pairs, n_boot=50)
+    assert same["auc_difference"] == 0.0 and same["p_auc_not_greater"] == 1.0
+    with pytest.raises(FacefactorsError, match="one score per pair"):
+        paired_difference(a, b[:-1], pairs)

@@ -19,7 +19,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 import torch
 
-from facefactors.data.pairs import make_pairs, write_lfw_pairs
+from facefactors.data.pairs import Pairs, make_pairs, write_lfw_pairs
 from facefactors.data.specs import ImageDataset
 from facefactors.errors import FacefactorsError
 from facefactors.eval.editing import (apply_edits, edit_alphas, edit_part, edit_success, fit_directions,
@@ -85,14 +85,23 @@ def _load_oracle(ds: ImageDataset, device, log):
         return None, f"evaluation oracle unavailable: {e}"
 
 
-def _verification(model, ds, parts, cfg, device, out_dir, fig_dir, log) -> tuple[dict, dict, dict[str, Path]]:
-    from facefactors.viz.identity_plots import plot_roc
+def verification_pairs(ds: ImageDataset, cfg: IdentityEvalConfig) -> tuple[str, np.ndarray, np.ndarray, Pairs]:
+    """The verification protocol's images and pairs: (split, dataset indices, identities, pairs).
 
+    Held-out identities (the ``unseen`` split) when the dataset has them, else ``test``;
+    seeded by ``cfg.seed``, so every run on the same data is scored on the same pairs.
+    """
     unseen = ds.splits.get("unseen")
     split = "unseen" if unseen is not None and len(unseen) else "test"
     idx = np.sort(_pick(ds.split(split), cfg.max_verify_images, cfg.seed, 21))
     ids = ds.labels[IDENTITY][torch.from_numpy(idx)].numpy()
-    pairs = make_pairs(ids, cfg.n_folds, cfg.pairs_per_fold, cfg.seed)
+    return split, idx, ids, make_pairs(ids, cfg.n_folds, cfg.pairs_per_fold, cfg.seed)
+
+
+def _verification(model, ds, parts, cfg, device, out_dir, fig_dir, log) -> tuple[dict, dict, dict[str, Path]]:
+    from facefactors.viz.identity_plots import plot_roc
+
+    split, idx, ids, pairs = verification_pairs(ds, cfg)
     write_lfw_pairs(out_dir / f"verification_pairs_{split}.txt", pairs, ids, ds.attribute(IDENTITY).classes)
     arrays = encode_split(model, ds, idx, cfg.batch_size, device)
     report = verification_report(arrays, pairs, parts, cfg.fpr_target)
