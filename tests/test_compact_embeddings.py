@@ -298,3 +298,51 @@ def test_resume_across_the_stage_switch_is_exact(tmp_path, ds, mode):
     wa, _ = read_checkpoint(list_checkpoints(tmp_path / "a")[-1])
     wb, _ = read_checkpoint(list_checkpoints(tmp_path / "b")[-1])
     assert all(torch.equal(wa[k], wb[k]) for k in wa if k.startswith("model/"))
+
+
+def test_complement_adversaries(ds):
+    """The adversary on each f_not_p learns from detached complements in its own group; the factor
+    network is trained through it (frozen) towards a uniform posterior / the mean prediction."""
+    torch.manual_seed(0)
+    attrs = ["pose", "identity", "expression_intensity"]
+    dims = {"pose": 2, "identity": 6, "expression_intensity": 2, "rest": 10}
+    model = build_model(ce_config(mode="S", stage1_fraction=0.5, complement_adv=0.5, complement_adv_steps=2,
+                                  attributes=attrs, dims=dims), ds).train()
+    assert model.comp_adv_classes == {"pose": 3, "identity": 4, "expression_intensity": 0}
+    assert model.comp_adv["identity"].net[1].in_features == 20 - 6      # reads f_not_identity
+    specs = model.optimizers()
+    assert list(specs) == ["latent_dis", "image_dis", "autoencoder", "factor", "complement_adv"]
+    opts = {k: s.build() for k, s in specs.items()}
+    batch = ds.batch(range(16))
+    assert [g for g, _ in run_step(model, opts, batch, 1, 4)] == ["latent_dis", "image_dis", "autoencoder"]
+
+    # stage 2: two adversary updates, then the factor step with the confusion term
+    adv_before, factor_before = snapshot(model.comp_adv), snapshot(model.factor)
+    gen = model.train_step(batch, 2, 4)
+    for _ in range(2):
+        group, losses = next(gen)
+        assert group == "complement_adv" and set(losses) == {"comp_adv"}
+        opts[group].zero_grad(set_to_none=True)
+        losses["comp_adv"].backward()
+        assert model.factor.linear.weight.grad is None          # detached complements
+        opts[group].step()
+    assert changed(model.comp_adv, adv_before) and not changed(model.factor, factor_before)
+    group, losses = next(gen)
+    assert group == "factor" and "comp_conf" in losses
+    for q in model.comp_adv.parameters():
+        q.grad = None
+    losses["comp_conf"].backward()
+    assert all(q.grad is None for q in model.comp_adv.parameters())  # the frozen adversary is not trained
+    assert model.factor.linear.weight.grad.abs().sum() > 0
+    assert all(q.requires_grad for q in model.comp_adv.parameters())
+
+    # the confusion term is minimal at a uniform posterior / zero regression output
+    f = model.encode(batch.image)
+    for head in model.comp_adv.values():
+        torch.nn.init.zeros_(head.net[-1].weight)
+        torch.nn.init.zeros_(head.net[-1].bias)
+    # log K for pose (3 classes) and identity (4), 0 for the continuous part
+    expected = (torch.log(torch.tensor(3.0)) + torch.log(torch.tensor(4.0))) / 3
+    torch.testing.assert_close(model.complement_confusion(f), expected)
+    with pytest.raises(FacefactorsError, match="complement_adv_steps"):
+        build_model(ce_config(complement_adv=1.0, complement_adv_steps=0), ds)

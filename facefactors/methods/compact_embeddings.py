@@ -25,6 +25,13 @@ G(Phi^-1(f)). Losses:
 - ``cyc`` (L_cyc): every part is shuffled independently across the batch, decoded, re-encoded;
   the re-encoded parts must equal the shuffled ones;
 - ``aug`` (L_aug): L_f on those re-encoded (cycled) parts against the shuffled labels.
+- ``complement_adv`` (not in the paper; 0 by default): per modelled attribute a an adversary
+  (``complement_adv_hidden``; 0 = linear) learns a from the *detached* complement f_not_a in its
+  own group (``complement_adv``, ``complement_adv_steps`` updates per step); the factor network
+  (and in J the encoder) is trained through the frozen adversary to make its posterior uniform
+  (discrete a) or its prediction the mean (continuous a: regression of the standardised labels
+  towards 0). Nothing in the paper's losses takes an attribute *out* of the other parts, so
+  without it f_not_p keeps nearly all of p (BENCHMARKS.md); this is the missing force.
 
 Phi and Phi^-1 are linear maps plus residual MLPs whose last layer starts at zero; the linear
 maps start orthogonal and transposed, so Phi^-1(Phi(z)) = z exactly before stage 2 and
@@ -72,6 +79,7 @@ from torch import nn
 from facefactors.data.specs import Batch
 from facefactors.errors import FacefactorsError
 from facefactors.latent import Latent
+from facefactors.methods.adversarial_attributes import uniform_cross_entropy
 from facefactors.methods.autoencoder import reconstruction_loss
 from facefactors.methods.base import Method, MethodParams, ModelSetup, OptimizerSpec
 from facefactors.methods.registry import register
@@ -115,6 +123,10 @@ class CompactEmbeddingsParams(MethodParams):
     triplet_mining: str = "all"           # all: mean over active triplets; hard: batch-hard
     regress: dict[str, list[str]] = field(default_factory=dict)  # part -> continuous labels it regresses
     stats_momentum: float = 0.01          # running mean/std of the regression targets
+    # not in the paper: adversaries on the complements f_not_p (0 switches them off)
+    complement_adv: float = 0.0           # weight of the uniform-posterior loss on each f_not_p
+    complement_adv_hidden: int = 256      # adversary MLP width (0: linear)
+    complement_adv_steps: int = 1         # adversary updates per training step
 
 
 # ---------------------------------------------------------------------------- losses
@@ -277,6 +289,16 @@ class CompactEmbeddings(Method):
             self.factor_inv.linear.weight.copy_(self.factor.linear.weight.T)
         self.heads = nn.ModuleDict({a: nn.Linear(self.dims[a], k) for a, k in self.ce.items()})
         self.reg_stats = nn.ModuleDict({a: RunningStats(len(t), p.stats_momentum) for a, t in self.regress.items()})
+        # complement adversaries: the attribute's own label where it is discrete (pose is
+        # categorical on SynthFaces even though its part regresses yaw and roll), else regression
+        self.comp_adv = None
+        self.comp_adv_classes: dict[str, int] = {}
+        if p.complement_adv > 0 and self.attributes:
+            for a in self.attributes:
+                self.comp_adv_classes[a] = kinds[a].num_classes if kinds[a].discrete else 0
+            self.comp_adv = nn.ModuleDict({
+                a: MLPHead(total - self.dims[a], k or len(self.regress[a]), p.complement_adv_hidden, layers=2)
+                for a, k in self.comp_adv_classes.items()})
 
     @staticmethod
     def _check_params(p: CompactEmbeddingsParams) -> None:
@@ -288,7 +310,7 @@ class CompactEmbeddings(Method):
             raise ValueError(f"method.rec_loss={p.rec_loss!r}: use mse or l1")
         if p.triplet_mining not in MINING:
             raise ValueError(f"method.triplet_mining={p.triplet_mining!r}: use {' or '.join(MINING)}")
-        weights = {k: getattr(p, k) for k in ("rec", "enc", "adv", "gen", "f", "zrec", "cyc", "aug")}
+        weights = {k: getattr(p, k) for k in ("rec", "enc", "adv", "gen", "f", "zrec", "cyc", "aug", "complement_adv")}
         negative = [k for k, v in weights.items() if v < 0]
         if negative:
             raise ValueError(f"method.{negative[0]} is negative; loss weights are >= 0 (0 switches a term off)")
@@ -300,6 +322,8 @@ class CompactEmbeddings(Method):
             raise ValueError("every stage-2 weight (f, zrec, cyc, aug) is 0 but stage1_fraction < 1")
         if p.z_dim < 1:
             raise ValueError(f"method.z_dim={p.z_dim} must be positive")
+        if p.complement_adv_steps < 1 or p.complement_adv_hidden < 0:
+            raise ValueError("method.complement_adv_steps must be >= 1 and complement_adv_hidden >= 0")
 
     def _part_dims(self, setup: ModelSetup, p: CompactEmbeddingsParams) -> dict[str, int]:
         names = self.attributes + ["rest"]
@@ -389,6 +413,8 @@ class CompactEmbeddings(Method):
         else:
             groups["autoencoder"] = OptimizerSpec(ae, p.lr, betas=p.betas)
             groups["factor"] = OptimizerSpec(factor, p.lr, betas=p.betas)
+        if self.comp_adv is not None:
+            groups["complement_adv"] = OptimizerSpec(list(self.comp_adv.parameters()), p.lr, betas=p.betas)
         return groups
 
     def _target(self, labels: Mapping[str, torch.Tensor], name: str) -> torch.Tensor:
@@ -420,13 +446,40 @@ class CompactEmbeddings(Method):
                 out[a] = F.cross_entropy(self.heads[a](f[a]).float(), y)
         return out
 
-    def factor_losses(self, z: torch.Tensor, labels: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """The weighted stage-2 losses on codes ``z`` (gradients reach z where it has them)."""
+    def _comp_adv_target(self, labels: Mapping[str, torch.Tensor], a: str) -> torch.Tensor:
+        if self.comp_adv_classes[a]:
+            return self._target(labels, a)
+        return self.reg_stats[a].standardise(self._regression_targets(labels, a))
+
+    def complement_adversary_loss(self, f: Latent, labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The adversaries' own loss on the (detached) complements: how well f_not_a predicts a."""
+        terms = []
+        for a, head in self.comp_adv.items():
+            out = head(self.complement(f, a).detach()).float()
+            t = self._comp_adv_target(labels, a)
+            terms.append(F.cross_entropy(out, t) if self.comp_adv_classes[a] else F.mse_loss(out, t))
+        return sum(terms) / len(terms)
+
+    def complement_confusion(self, f: Latent) -> torch.Tensor:
+        """Uniform posterior (discrete) or the mean prediction (continuous) of every frozen adversary on f_not_a."""
+        terms = []
+        with frozen(self.comp_adv):
+            for a, head in self.comp_adv.items():
+                out = head(self.complement(f, a)).float()
+                terms.append(uniform_cross_entropy(out) if self.comp_adv_classes[a] else out.pow(2).mean())
+        return sum(terms) / len(terms)
+
+    def factor_losses(self, z: torch.Tensor, labels: Mapping[str, torch.Tensor],
+                      f: Latent | None = None) -> dict[str, torch.Tensor]:
+        """The weighted stage-2 losses on codes ``z`` (gradients reach z where it has them);
+        ``f`` is Phi(z) when the caller has it already."""
         p = self.params
-        f = self.phi(z)
+        f = self.phi(z) if f is None else f
         out: dict[str, torch.Tensor] = {}
         if p.f > 0:
             out.update({f"f_{a}": p.f * v for a, v in self.attribute_losses(f, labels).items()})
+        if self.comp_adv is not None:
+            out["comp_conf"] = p.complement_adv * self.complement_confusion(f)
         if p.zrec > 0:
             out["zrec"] = p.zrec * F.mse_loss(self.phi_inv(f).float(), z.detach().float())
         if p.cyc > 0 or p.aug > 0:
@@ -463,7 +516,9 @@ class CompactEmbeddings(Method):
             with torch.no_grad():
                 z = self.encoder(x)
             with frozen(*self._stage1_modules()):
-                losses = self.factor_losses(z, labels)
+                f = self.phi(z)
+                yield from self._train_complement_adversaries(f, labels)
+                losses = self.factor_losses(z, labels, f)
                 if losses:
                     yield "factor", losses
             return
@@ -490,6 +545,15 @@ class CompactEmbeddings(Method):
             if p.gen > 0:
                 out["gen"] = p.gen * gan_g_loss(self.image_dis(x_gen))
         if stage == 2:
-            out.update(self.factor_losses(z, labels))
+            f = self.phi(z)
+            yield from self._train_complement_adversaries(f, labels)
+            out.update(self.factor_losses(z, labels, f))
         if out:
             yield "autoencoder", out
+
+    def _train_complement_adversaries(self, f: Latent, labels: Mapping[str, torch.Tensor]
+                                      ) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+        if self.comp_adv is None:
+            return
+        for _ in range(self.params.complement_adv_steps):  # logged comp_adv is the sum over these updates
+            yield "complement_adv", {"comp_adv": self.complement_adversary_loss(f, labels)}
