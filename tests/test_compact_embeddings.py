@@ -255,6 +255,7 @@ ABLATIONS = {  # file suffix -> (what the row changes, checked on the loaded con
     "_no_aug": {"aug": 0.0},
     "_identity_only": {"attributes": ["identity"]},
     "_expression_only": {"attributes": ["expression"]},
+    "_complement_adv": {"complement_adv": 1.0, "complement_adv_steps": 2},   # not a paper row
 }
 
 
