@@ -89,4 +89,8 @@ def barrier(info: DistInfo) -> None:
 
 def shutdown(info: DistInfo) -> None:
     if info.enabled and dist.is_initialized():
+        # every rank reaches this point before any tears gloo down: a rank destroying the group
+        # while another still has collectives in flight can abort it at exit ("terminate called
+        # without an active exception", seen once in CI)
+        dist.barrier()
         dist.destroy_process_group()
