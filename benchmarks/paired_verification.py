@@ -1,6 +1,6 @@
 """Which of two runs leaves more identity in a latent part, with its uncertainty.
 
-    python benchmarks/paired_verification.py runs/bench/d2ae_synthfaces_no_lh runs/bench/d2ae_synthfaces \
+    python benchmarks/paired_verification.py runs/bench/d2ae_synthfaces runs/bench/d2ae_synthfaces_no_lh \
         --part rest [--json benchmarks/results/NAME.json]
 
 Both runs must be on the same data: their parts are scored on the same verification pairs
@@ -18,21 +18,22 @@ import numpy as np
 
 from facefactors.config import build_dataclass
 from facefactors.eval.identity import IdentityEvalConfig, verification_pairs
-from facefactors.eval.latents import encode_split
+from facefactors.data.pairs import Pairs
+from facefactors.eval.latents import encode_split, parts_of
 from facefactors.eval.verification import cosine_scores, paired_difference
 from facefactors.errors import FacefactorsError
 from facefactors.io import write_json
 from facefactors.runs import load_run
 
 
-def part_scores(run_dir: str, part: str, device: str) -> tuple[np.ndarray, object, object]:
+def part_scores(run_dir: str, part: str, device: str) -> tuple[np.ndarray, Pairs, tuple]:
+    """Cosine scores of ``part`` on the run's verification pairs, the pairs, and what fixes them (data, split)."""
     run = load_run(run_dir, device=device)
     cfg = build_dataclass(IdentityEvalConfig, dict((run.config.eval or {}).get("identity") or {}), "eval.identity")
     split, idx, _, pairs = verification_pairs(run.dataset, cfg)
     arrays = encode_split(run.model, run.dataset, idx, cfg.batch_size, device)
     if f"part/{part}" not in arrays:
-        parts = [k[len("part/"):] for k in arrays if k.startswith("part/")]
-        raise FacefactorsError(f"{run_dir} has no latent part {part!r}; parts: {', '.join(parts)}")
+        raise FacefactorsError(f"{run_dir} has no latent part {part!r}; parts: {', '.join(parts_of(arrays))}")
     return cosine_scores(arrays[f"part/{part}"], pairs.a, pairs.b), pairs, (run.config.data, split)
 
 
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sa, pairs, key_a = part_scores(args.run_a, args.part, args.device)
     sb, pairs_b, key_b = part_scores(args.run_b, args.part, args.device)
-    if key_a != key_b or not (np.array_equal(pairs.a, pairs_b.a) and np.array_equal(pairs.b, pairs_b.b)):
+    if key_a != key_b or not all(np.array_equal(getattr(pairs, k), getattr(pairs_b, k)) for k in ("a", "b", "same", "fold")):
         raise FacefactorsError(f"{args.run_a} and {args.run_b} are not on the same data and pairs; "
                                "a paired comparison needs both")
     res = paired_difference(sa, sb, pairs, args.boot)

@@ -292,10 +292,8 @@ class CompactEmbeddings(Method):
         # complement adversaries: the attribute's own label where it is discrete (pose is
         # categorical on SynthFaces even though its part regresses yaw and roll), else regression
         self.comp_adv = None
-        self.comp_adv_classes: dict[str, int] = {}
+        self.comp_adv_classes = {a: kinds[a].num_classes if kinds[a].discrete else 0 for a in self.attributes}
         if p.complement_adv > 0 and self.attributes:
-            for a in self.attributes:
-                self.comp_adv_classes[a] = kinds[a].num_classes if kinds[a].discrete else 0
             self.comp_adv = nn.ModuleDict({
                 a: MLPHead(total - self.dims[a], k or len(self.regress[a]), p.complement_adv_hidden, layers=2)
                 for a, k in self.comp_adv_classes.items()})
