@@ -4,7 +4,9 @@
 
 Writes ``benchmarks/results/<run name>.json`` (headline metrics, training speed, machine,
 date, command) and prints a markdown block ready for BENCHMARKS.md;
-``python benchmarks/train_and_evaluate.py --markdown RESULT.json`` prints it again.
+``python benchmarks/train_and_evaluate.py --markdown RESULT.json`` prints it again;
+``--reevaluate`` skips training and evaluates the trained run in ``--out`` again with the
+current evaluation code (its training summary is kept).
 """
 from __future__ import annotations
 
@@ -107,10 +109,17 @@ def main() -> int:
     ap.add_argument("config")
     ap.add_argument("overrides", nargs="*")
     ap.add_argument("--out", required=True)
+    ap.add_argument("--reevaluate", action="store_true",
+                    help="do not train: evaluate the run trained in --out by this same command again")
     args = ap.parse_intermixed_args()
-    cfg = load_config(args.config, args.overrides)
     t0 = time.perf_counter()
-    Trainer(cfg, args.out).fit()
+    cfg = load_config(args.config, args.overrides)
+    if args.reevaluate:
+        if load_config(Path(args.out) / "config.yaml").to_dict() != cfg.to_dict():
+            ap.error(f"{args.config} with {args.overrides} does not resolve to {args.out}/config.yaml: "
+                     "pass the command that trained the run")
+    else:
+        Trainer(cfg, args.out).fit()
     run = load_run(args.out)
     metrics = evaluate(run.model, run.dataset, run.run_dir, build_dataclass(EvalConfig, cfg.eval, "eval"))
     result = {
@@ -121,6 +130,7 @@ def main() -> int:
         "overrides": args.overrides,
         "train": json.loads((Path(args.out) / "train_summary.json").read_text()),
         "wall_minutes": round((time.perf_counter() - t0) / 60, 1),
+        "reevaluated": args.reevaluate,  # wall_minutes is then the evaluation's alone
         "headline": headline(metrics),
         "metrics": metrics,
     }

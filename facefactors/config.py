@@ -41,6 +41,12 @@ class TrainConfig:
     checkpoint_every: int = 1000
     keep_checkpoints: int = 2
     time_budget_min: float | None = None   # stop (with a checkpoint) after this much training time
+    # learning-rate schedule, a pure function of step / steps (so resume needs no state):
+    # constant | cosine | linear, from every group's lr down to lr_final x it, starting at the
+    # lr_decay_start fraction of training. With a time budget, size ``steps`` to fit it.
+    lr_schedule: str = "constant"
+    lr_final: float = 0.0
+    lr_decay_start: float = 0.0
     num_threads: int | None = None
     progress: bool = True
 

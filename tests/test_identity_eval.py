@@ -13,7 +13,7 @@ from facefactors.data.specs import AttributeSpec
 from facefactors.data.synthfaces import SynthFacesConfig, generate
 from facefactors.errors import FacefactorsError
 from facefactors.eval.editing import (apply_edits, direction_spread, edit_alphas, edit_image, edit_part,
-                                      svm_directions)
+                                      edit_steps, svm_directions)
 from facefactors.eval.gaussianity import channel_adjusted_r2, fit_channel, gaussianity, summarise
 from facefactors.eval.identity import IdentityEvalConfig, identity_evaluation, identity_headline_lines
 from facefactors.eval.recognition import attribute_recognition, recognition_difference
@@ -125,6 +125,36 @@ def test_multiclass_directions_and_spread():
         svm_directions(x, y, kind="magic")
     assert edit_part(["identity", "rest"], "expression") == "rest"
     assert edit_part(["identity", "expression", "rest"], "expression") == "expression"
+
+
+def test_pairwise_directions_edit_an_ordered_attribute_into_its_middle_class():
+    # pose-like: classes 0, 1, 2 lie in order along channel 0, so "1 against the rest" has no
+    # useful direction, while 0 -> 1 and 2 -> 1 need opposite ones
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 3, 900)
+    x = rng.normal(size=(900, 4))
+    x[:, 0] = 4.0 * y + rng.normal(size=900)
+    x = x.astype(np.float32)
+    judge = LogisticRegression().fit(x, y)
+
+    def middle_share(dirs, src):
+        steps, in_std = edit_steps(x[y == src], dirs, 1, max_std=3.0, overshoot=0.0)
+        assert (in_std >= 0).all() and (in_std <= 3.0 + 1e-9).all()
+        return np.mean(judge.predict(x[y == src] + steps) == 1)
+
+    ovr = svm_directions(x, y, c=1e-5)
+    pairs = svm_directions(x, y, c=1e-5, pairwise=True)
+    assert sorted(pairs.pairs) == [(0, 1), (0, 2), (1, 2)]
+    assert min(middle_share(ovr, 0), middle_share(ovr, 2)) < 0.5
+    assert middle_share(pairs, 0) > 0.9 and middle_share(pairs, 2) > 0.9
+    # the pair's direction points from the source towards the target
+    assert pairs.towards(0, 1).directions[pairs.towards(0, 1).row(1)][0] > 0.9
+    assert pairs.towards(2, 1).directions[pairs.towards(2, 1).row(1)][0] < -0.9
+    assert pairs.towards(1, 1) is pairs
+    # the edit of an image reads its source class from the code: no label is passed
+    z = Latent({"p": torch.from_numpy(x[y == 2])})
+    steps, _ = edit_steps(z.flat("p").numpy(), pairs, 0, max_std=3.0)
+    assert np.mean(judge.predict(apply_edits(z, "p", [(steps, 1.0)])["p"].numpy()) == 0) > 0.9
 
 
 class BlobsOracle:

@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import pytest
 import torch
@@ -6,7 +7,7 @@ import torch
 from facefactors.errors import FacefactorsError
 from facefactors.train.checkpoint import list_checkpoints, load_checkpoint, read_checkpoint, save_checkpoint
 from facefactors.train.sampler import EpochSampler
-from facefactors.train.trainer import Trainer, TrainingDiverged
+from facefactors.train.trainer import Trainer, TrainingDiverged, lr_multiplier
 from facefactors.runs import build_model
 from tests.helpers import blobs_dataset, tiny_config
 
@@ -39,6 +40,31 @@ def test_resume_is_exact(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa), "resumed run diverged from the uninterrupted one"
     steps = [json.loads(line)["step"] for line in (tmp_path / "stopped" / "log.jsonl").read_text().splitlines()]
     assert steps == [2, 3, 4, 6]
+
+
+def test_lr_schedule_decays_and_resumes_exactly(tmp_path):
+    assert lr_multiplier(0, 10, "cosine", 0.1) == pytest.approx(1.0)
+    assert lr_multiplier(10, 10, "cosine", 0.1) == pytest.approx(0.1)
+    assert lr_multiplier(5, 10, "linear", 0.0, start=0.5) == pytest.approx(1.0)
+    assert lr_multiplier(8, 10, "linear", 0.0, start=0.5) == pytest.approx(0.4)
+    with pytest.raises(FacefactorsError, match="lr_schedule 'cosnie'"):
+        lr_multiplier(0, 10, "cosnie")
+    ds = blobs_dataset()
+    cfg = dict(lr_schedule="cosine", lr_final=0.05)
+    straight = Trainer(tiny_config(**cfg), tmp_path / "straight", dataset=ds, log=quiet)
+    straight.fit()
+    assert straight.optimizers["autoencoder"].param_groups[0]["lr"] == pytest.approx(
+        1e-3 * lr_multiplier(5, 6, "cosine", 0.05))
+    constant = Trainer(tiny_config(), tmp_path / "constant", dataset=ds, log=quiet)
+    constant.fit()
+    wa, wc = weights(tmp_path / "straight"), weights(tmp_path / "constant")
+    assert not all(torch.equal(wa[k], wc[k]) for k in wa), "the schedule changed nothing"
+    # interrupted after step 3 (its last checkpoint removed), then resumed: same weights
+    shutil.copytree(tmp_path / "straight", tmp_path / "stopped")
+    list_checkpoints(tmp_path / "stopped")[-1].unlink()
+    Trainer(tiny_config(**cfg), tmp_path / "stopped", resume=True, dataset=ds, log=quiet).fit()
+    wb = weights(tmp_path / "stopped")
+    assert all(torch.equal(wa[k], wb[k]) for k in wa), "resumed run left the schedule's curve"
 
 
 def test_run_dir_holds_config_log_checkpoints(tmp_path):

@@ -1,15 +1,20 @@
 """Attribute editing along linear-SVM directions, edit success and residual maps (D2AE Sec. 4.3, Fig. 5b).
 
-A linear SVM trained on one latent part's codes for an attribute gives, per class, the
-max-margin direction w_n (one-vs-rest; for two classes +w and -w). An edit moves a code
-along w_n: f* = f + alpha_n w_n (several attributes: f + sum_n alpha_n w_n), with alpha
-bounded by ``max_std`` times the learned standard deviation of the codes along w_n (the
-paper's "confidence interval controlled by the learned standard deviation"): per-channel
-sigma is the method's running feature std where it keeps one (D2AE's statistical
-augmentation), else the empirical std of the training codes, combined with the codes'
-empirical channel correlations (the channels are not independent). By default alpha
-moves a code to the mean projection of the target class's training codes, never backwards
-and never beyond the bound.
+A linear SVM trained on one latent part's codes for an attribute gives the max-margin
+direction w_n towards a class. An edit moves a code along it: f* = f + alpha_n w_n (several
+attributes: f + sum_n alpha_n w_n), with alpha bounded by ``max_std`` times the learned
+standard deviation of the codes along w_n (the paper's "confidence interval controlled by
+the learned standard deviation"): per-channel sigma is the method's running feature std
+where it keeps one (D2AE's statistical augmentation), else the empirical std of the training
+codes, combined with the codes' empirical channel correlations (the channels are not
+independent). By default alpha moves a code to the mean projection of the target class's
+training codes plus ``overshoot`` learned stds, never backwards and never beyond the bound.
+
+Two-class attributes (the paper's) have one SVM. With more classes the edit of a code from
+class j to class k uses, by default (``pairwise``), the SVM of j against k, j being the class
+a linear SVM on the codes reads from the code itself (no label needed): one-vs-rest
+directions are fine for the extreme classes of an ordered attribute (pose left / right) but
+point nowhere useful for a middle one (frontal), whose "rest" surrounds it.
 
 Edit success is judged by an independent classifier trained on real images (the
 evaluation oracle): the fraction of edited test images it assigns to the target class,
@@ -45,6 +50,17 @@ class EditDirections:
     directions: np.ndarray    # (K, D) unit vectors pointing towards each class
     target_proj: np.ndarray   # (K,) mean projection of the class's training codes on its direction
     spread: np.ndarray        # (K,) learned std of the codes along each direction (``direction_spread``)
+    # pairwise edits (K > 2): (j, k) with j < k -> the two-class directions of j against k, and
+    # the classifier (``predict(codes)``) that reads a code's own class, i.e. the edit's source
+    pairs: dict[tuple[int, int], "EditDirections"] | None = None
+    source: Any = None
+
+    def towards(self, source: int, target: int) -> "EditDirections":
+        """The directions an edit from class ``source`` to ``target`` uses: the pair's own SVM
+        where there is one, else the one-vs-rest directions."""
+        if self.pairs is None or source == target:
+            return self
+        return self.pairs[(min(source, target), max(source, target))]
 
     def row(self, cls: int) -> int:
         hit = np.flatnonzero(self.classes == cls)
@@ -55,11 +71,23 @@ class EditDirections:
 
 
 DIRECTION_KINDS = ("svm", "svm_gradient", "mean")
+# Defaults of the edit (measured on the 30-minute d2ae run, BENCHMARKS.md "d2ae edit directions"):
+# C -> 0 turns the SVM normal in its standardised space, mapped back to latent units, into
+# the class-mean difference a decoder renders, while staying a max-margin direction; one
+# learned std beyond the class's mean projection, because a decoder trained to regress
+# averages draws a class clearly only past its centre.
+EDIT_SVM_C = 1e-5
+EDIT_OVERSHOOT = 1.0
+EDIT_MAX_STD = 3.0
 
 
 def svm_directions(x: np.ndarray, y: np.ndarray, std: np.ndarray | None = None, c: float = 1.0,
-                   seed: int = 0, part: str = "", attribute: str = "", kind: str = "svm") -> EditDirections:
+                   seed: int = 0, part: str = "", attribute: str = "", kind: str = "svm",
+                   pairwise: bool = False, source_c: float = 1.0) -> EditDirections:
     """Per-class unit edit directions in the original latent space.
+
+    ``pairwise`` (more than two classes): also fit every pair's two-class directions and a
+    linear SVM (``source_c``) that reads each code's class, the source of its edit.
 
     ``kind``: "svm" (default) the linear SVM's max-margin normal in the standardised space it is
     fit in, mapped back to latent units (scale * w): a step there is a step in the SVM's own
@@ -90,7 +118,15 @@ def svm_directions(x: np.ndarray, y: np.ndarray, std: np.ndarray | None = None, 
         raise FacefactorsError(f"std has {sigma.size} channels, the {part or 'latent'} codes have {x.shape[1]}")
     proj = x.astype(np.float64) @ w.T
     target = np.array([proj[y == k, i].mean() for i, k in enumerate(classes)])
-    return EditDirections(part, attribute, classes, w, target, direction_spread(x, w, sigma))
+    dirs = EditDirections(part, attribute, classes, w, target, direction_spread(x, w, sigma))
+    if pairwise and classes.size > 2:
+        dirs.pairs = {}
+        for a, j in enumerate(classes):
+            for k in classes[a + 1:]:
+                sel = (y == j) | (y == k)
+                dirs.pairs[(int(j), int(k))] = svm_directions(x[sel], y[sel], sigma, c, seed, part, attribute, kind)
+        dirs.source = fit_linear_svm(x, y, source_c, seed)
+    return dirs
 
 
 def direction_spread(x: np.ndarray, w: np.ndarray, sigma: np.ndarray) -> np.ndarray:
@@ -117,12 +153,35 @@ def edit_alphas(codes: np.ndarray, dirs: EditDirections, cls: int, max_std: floa
     return np.clip(want, 0.0, max_std * dirs.spread[i])
 
 
+def edit_steps(codes: np.ndarray, dirs: EditDirections, cls: int, max_std: float = 3.0,
+               overshoot: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Per row, the edit towards class ``cls``: (steps (N, D) = alpha * w, alpha in learned stds (N,)).
+
+    With pairwise directions each code moves along the SVM of its own class (read from the code
+    by ``dirs.source``) against ``cls``; otherwise along the one-vs-rest direction of ``cls``.
+    """
+    codes = np.asarray(codes, dtype=np.float64).reshape(len(codes), -1)
+    steps = np.zeros_like(codes)
+    in_std = np.zeros(len(codes))
+    sources = (np.full(len(codes), cls) if dirs.pairs is None
+               else np.asarray(dirs.source.predict(codes.astype(np.float32))))
+    for j in np.unique(sources):
+        rows = np.flatnonzero(sources == j)
+        d = dirs.towards(int(j), cls)
+        i = d.row(cls)
+        alphas = edit_alphas(codes[rows], d, cls, max_std, overshoot)
+        steps[rows] = alphas[:, None] * d.directions[i][None]
+        in_std[rows] = alphas / max(d.spread[i], 1e-12)
+    return steps, in_std
+
+
 def apply_edits(z: Latent, part: str, edits: Sequence[tuple[np.ndarray, np.ndarray | float]]) -> Latent:
-    """f* = f + sum_n alpha_n w_n on one part; each edit is (direction (D,), alpha scalar or (N,))."""
+    """f* = f + sum_n alpha_n w_n on one part; each edit is (direction (D,) or per-row directions
+    (N, D), alpha scalar or (N,))."""
     t = z.flat(part).double()
     for w, alpha in edits:
         a = torch.as_tensor(np.asarray(alpha, dtype=np.float64)).reshape(-1, 1)
-        t = t + a * torch.as_tensor(np.asarray(w, dtype=np.float64)).reshape(1, -1)
+        t = t + a * torch.as_tensor(np.asarray(w, dtype=np.float64)).reshape(-1, t.shape[1])
     return z.replace(**{part: t.to(z[part].dtype).reshape(z[part].shape)})
 
 
@@ -145,7 +204,7 @@ def learned_std(model, part: str) -> np.ndarray | None:
 
 
 def fit_directions(model, train: Mapping[str, np.ndarray], attribute: str, part: str | None = None,
-                   c: float = 1.0, seed: int = 0, kind: str = "svm") -> EditDirections:
+                   c: float = 1.0, seed: int = 0, kind: str = "svm", pairwise: bool = False) -> EditDirections:
     """SVM edit directions for ``attribute`` from encoded training codes (``encode_split`` arrays)."""
     parts = [k[len("part/"):] for k in train if k.startswith("part/")]
     part = part or edit_part(parts, attribute)
@@ -154,7 +213,7 @@ def fit_directions(model, train: Mapping[str, np.ndarray], attribute: str, part:
     if f"label/{attribute}" not in train:
         raise FacefactorsError(f"no labels for attribute {attribute!r}")
     return svm_directions(train[f"part/{part}"], train[f"label/{attribute}"], learned_std(model, part), c, seed,
-                          part, attribute, kind)
+                          part, attribute, kind, pairwise)
 
 
 def edit_to_class(model, images, dirs: EditDirections, cls: int, max_std: float = 3.0, overshoot: float = 0.0,
@@ -162,9 +221,9 @@ def edit_to_class(model, images, dirs: EditDirections, cls: int, max_std: float 
                   ) -> tuple[torch.Tensor, Latent, np.ndarray]:
     """Encode uint8 images, move ``dirs.part`` towards class ``cls``, decode: (uint8 NCHW, codes, alphas)."""
     z = encode_images(model, images, batch_size, device)
-    alphas = edit_alphas(z.flat(dirs.part).numpy(), dirs, cls, max_std, overshoot)
-    z_edit = apply_edits(z, dirs.part, [(dirs.directions[dirs.row(cls)], alphas)])
-    return decode_uint8(model, z_edit, batch_size, device), z, alphas
+    steps, in_std = edit_steps(z.flat(dirs.part).numpy(), dirs, cls, max_std, overshoot)
+    z_edit = apply_edits(z, dirs.part, [(steps, 1.0)])
+    return decode_uint8(model, z_edit, batch_size, device), z, in_std
 
 
 def edit_success(model, images: torch.Tensor, labels: np.ndarray, dirs: EditDirections, oracle,
@@ -186,17 +245,17 @@ def edit_success(model, images: torch.Tensor, labels: np.ndarray, dirs: EditDire
     rec = decode_uint8(model, z, batch_size, device)
     rec_pred = _oracle_predict(oracle, rec, attr)
     per_class, cosines, alphas_std = {}, [], []
-    for i, k in enumerate(dirs.classes):
+    for k in dirs.classes:
         sel = np.flatnonzero(labels != k)
         if sel.size == 0:
             continue
         zk = z.index(torch.from_numpy(sel))
-        alphas = edit_alphas(zk.flat(dirs.part).numpy(), dirs, int(k), max_std, overshoot)
-        edited = decode_uint8(model, apply_edits(zk, dirs.part, [(dirs.directions[i], alphas)]), batch_size, device)
+        steps, in_std = edit_steps(zk.flat(dirs.part).numpy(), dirs, int(k), max_std, overshoot)
+        edited = decode_uint8(model, apply_edits(zk, dirs.part, [(steps, 1.0)]), batch_size, device)
         pred = _oracle_predict(oracle, edited, attr)
         per_class[int(k)] = {"success_rate": float(np.mean(pred == k)),
                              "unedited_rate": float(np.mean(rec_pred[sel] == k)), "n": int(sel.size)}
-        alphas_std.append(alphas / max(dirs.spread[i], 1e-12))
+        alphas_std.append(in_std)
         if identity_part is not None:
             z_back = encode_images(model, edited, batch_size, device)
             original = zk.flat(identity_part).numpy()
@@ -262,12 +321,13 @@ def encode_train_codes(model, ds: ImageDataset, max_n: int = 4000, seed: int = 0
 
 
 def edit_image(model, ds: ImageDataset, images, attribute: str, value: int | str, part: str | None = None,
-               max_std: float = 3.0, overshoot: float = 0.0, kind: str = "svm", c: float = 1e-3,
+               max_std: float = EDIT_MAX_STD, overshoot: float = EDIT_OVERSHOOT, kind: str = "svm",
+               c: float = EDIT_SVM_C, pairwise: bool = True,
                train: Mapping[str, np.ndarray] | None = None, batch_size: int = 256,
                device: str | torch.device = "cpu", log: Callable[[str], None] | None = None) -> torch.Tensor:
     """Edit uint8 images (N, C, H, W) towards ``attribute = value`` (class index or name).
 
-    Fits the edit direction (``kind``, ``c``: see ``svm_directions``) on encoded training codes
+    Fits the edit directions (``kind``, ``c``, ``pairwise``: see ``svm_directions``) on encoded training codes
     (``train``, else a subsample of the train split is encoded) and returns the edited images,
     uint8 (N, C, H, W). This is what a ``facefactors edit`` command needs.
     """
@@ -288,6 +348,6 @@ def edit_image(model, ds: ImageDataset, images, attribute: str, value: int | str
         if log:
             log(f"encoding training images to fit the {attribute!r} edit direction")
         train = encode_train_codes(model, ds, batch_size=batch_size, device=device)
-    dirs = fit_directions(model, train, attribute, part, c=c, kind=kind)
+    dirs = fit_directions(model, train, attribute, part, c=c, kind=kind, pairwise=pairwise)
     edited, _, _ = edit_to_class(model, images, dirs, cls, max_std, overshoot, batch_size, device)
     return edited

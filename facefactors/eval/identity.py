@@ -22,8 +22,9 @@ import torch
 from facefactors.data.pairs import Pairs, make_pairs, write_lfw_pairs
 from facefactors.data.specs import ImageDataset
 from facefactors.errors import FacefactorsError
-from facefactors.eval.editing import (apply_edits, edit_alphas, edit_part, edit_success, fit_directions,
-                                      learned_std, mean_latent, residual_maps, svm_directions)
+from facefactors.eval.editing import (EDIT_MAX_STD, EDIT_OVERSHOOT, EDIT_SVM_C, apply_edits, edit_part, edit_steps,
+                                      edit_success, fit_directions, learned_std, mean_latent, residual_maps,
+                                      svm_directions)
 from facefactors.eval.gaussianity import gaussianity
 from facefactors.eval.latents import decode_uint8, encode_images, encode_split
 from facefactors.eval.probes import discrete_attributes, subsample
@@ -53,10 +54,11 @@ class IdentityEvalConfig:
     histogram_channels: int = 36       # channels drawn in the histogram figure (paper: 36)
     edit: bool = True                  # SVM-direction editing scored by the oracle
     edit_directions: tuple[str, ...] = ("svm", "mean")  # edit direction kinds (editing.DIRECTION_KINDS)
-    edit_svm_c: float = 1e-3           # C of the edit SVMs: strongly regularised (see editing.svm_directions)
+    edit_svm_c: float = EDIT_SVM_C     # C of the edit SVMs: strongly regularised (see editing.EDIT_SVM_C)
+    edit_pairwise: bool = True         # source-to-target SVMs for attributes of 3+ classes (see editing)
     edit_images: int = 128             # test images edited (each towards every class it is not)
-    edit_max_std: float = 3.0          # alpha bound, in learned stds along the direction
-    edit_overshoot: float = 0.0        # edit target beyond the class mean projection (learned stds)
+    edit_max_std: float = EDIT_MAX_STD  # alpha bound, in learned stds along the direction
+    edit_overshoot: float = EDIT_OVERSHOOT  # edit target beyond the class mean projection (learned stds)
     residual_std: float = 3.0          # step of the residual maps, in learned stds
     residual_direction: str = "svm"    # direction kind of the residual maps
     grid_images: int = 4               # rows of the edit figure
@@ -134,9 +136,9 @@ def _edit_grid(model, ds, images, dirs_by_kind, cfg, device) -> np.ndarray:
     rows: list[list] = []
     for dirs in dirs_by_kind.values():
         columns = list(head)
-        for i, k in enumerate(dirs.classes):
-            a = edit_alphas(z.flat(dirs.part).numpy(), dirs, int(k), cfg.edit_max_std, cfg.edit_overshoot)
-            columns.append(to_hwc(decode_uint8(model, apply_edits(z, dirs.part, [(dirs.directions[i], a)]),
+        for k in dirs.classes:
+            steps, _ = edit_steps(z.flat(dirs.part).numpy(), dirs, int(k), cfg.edit_max_std, cfg.edit_overshoot)
+            columns.append(to_hwc(decode_uint8(model, apply_edits(z, dirs.part, [(steps, 1.0)]),
                                                cfg.batch_size, device)))
         if rows:
             rows.append([None])
@@ -294,7 +296,7 @@ def _editing(model, ds, parts, train, test, oracle, verification, cfg, device, f
     for kind in cfg.edit_directions:
         by_attr = {}
         for a in attrs:
-            d = fit_directions(model, train, a, c=cfg.edit_svm_c, seed=cfg.seed, kind=kind)
+            d = fit_directions(model, train, a, c=cfg.edit_svm_c, seed=cfg.seed, kind=kind, pairwise=cfg.edit_pairwise)
             dirs[a][kind] = d
             res = edit_success(model, images, test[f"label/{a}"][pick], d, oracle, identity_part, threshold,
                                cfg.edit_max_std, cfg.edit_overshoot, cfg.batch_size, device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import sys
 import time
 from dataclasses import dataclass
@@ -52,6 +53,23 @@ def _autocast(device: torch.device, precision: str):
     raise FacefactorsError(f"unknown train.precision {precision!r}; use auto, fp32 or bf16")
 
 
+LR_SCHEDULES = ("constant", "cosine", "linear")
+
+
+def lr_multiplier(step: int, total_steps: int, schedule: str, final: float = 0.0, start: float = 0.0) -> float:
+    """Factor on every optimiser group's lr at ``step``: 1 until the ``start`` fraction of
+    training, then down to ``final`` at the last step (cosine or linear); 1 throughout for
+    "constant". A pure function of the step, so a resumed run continues the same curve."""
+    if schedule not in LR_SCHEDULES:
+        raise FacefactorsError(f"unknown train.lr_schedule {schedule!r}; use {', '.join(LR_SCHEDULES)}")
+    if schedule == "constant":
+        return 1.0
+    t0 = start * total_steps
+    t = min(max((step - t0) / max(total_steps - t0, 1), 0.0), 1.0)
+    shape = 0.5 * (1.0 + math.cos(math.pi * t)) if schedule == "cosine" else 1.0 - t
+    return final + (1.0 - final) * shape
+
+
 class Trainer:
     """Train ``cfg`` into ``run_dir``; ``resume=True`` continues from its latest checkpoint."""
 
@@ -87,6 +105,7 @@ class Trainer:
             torch.cuda.set_device(self.device)
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
+        lr_multiplier(0, cfg.train.steps, cfg.train.lr_schedule)  # reject an unknown schedule before any work
         if cfg.train.batch_size % self.info.world_size:
             raise FacefactorsError(f"train.batch_size={cfg.train.batch_size} does not split evenly over "
                                    f"{self.info.world_size} processes")
@@ -101,6 +120,7 @@ class Trainer:
         specs = self.model.optimizers()
         self.groups = {name: spec.params for name, spec in specs.items()}
         self.optimizers = {name: spec.build() for name, spec in specs.items()}
+        self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.optimizers.items()}
         self.sampler = EpochSampler(self.ds.split("train"), cfg.train.batch_size, cfg.seed)
         self.start_step = 0
         # Training randomness (noise, shuffles) differs per process but is seeded.
@@ -125,6 +145,15 @@ class Trainer:
                 old.unlink()
         ddp.barrier(self.info)
         return path
+
+    def _set_lr(self, step: int, total_steps: int) -> None:
+        tc = self.cfg.train
+        if tc.lr_schedule == "constant":
+            return
+        mult = lr_multiplier(step, total_steps, tc.lr_schedule, tc.lr_final, tc.lr_decay_start)
+        for name, opt in self.optimizers.items():
+            for group, base in zip(opt.param_groups, self.base_lrs[name]):
+                group["lr"] = base * mult
 
     def _preview(self, step: int) -> None:
         if not self.info.is_main:
@@ -190,6 +219,7 @@ class Trainer:
             t0 = time.perf_counter()
             idx = self.sampler.local_batch(step, self.info.rank, self.info.world_size)
             batch = self.ds.batch(idx).to(device, channels_last=tc.channels_last)
+            self._set_lr(step, total_steps)
             gen = model.train_step(batch, step, total_steps)
             while True:
                 with _autocast(device, tc.precision):
