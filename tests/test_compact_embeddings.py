@@ -12,7 +12,7 @@ from facefactors.config import RunConfig, build_dataclass, load_config
 from facefactors.data.synthfaces import SynthFacesConfig, generate
 from facefactors.errors import FacefactorsError
 from facefactors.latent import interpolate
-from facefactors.methods.compact_embeddings import triplet_loss
+from facefactors.methods.compact_embeddings import label_dependence, triplet_loss
 from facefactors.runs import build_model
 from facefactors.train.trainer import Trainer
 
@@ -347,3 +347,35 @@ def test_complement_adversaries(ds):
     torch.testing.assert_close(model.complement_confusion(f), expected)
     with pytest.raises(FacefactorsError, match="complement_adv_steps"):
         build_model(ce_config(complement_adv=1.0, complement_adv_steps=0), ds)
+
+
+def test_label_dependence_measures_and_removes_what_labels_explain():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(64) % 4
+    noise = torch.randn(64, 8, generator=g)
+    coded = noise + 2.0 * y[:, None].float()                                # class means differ
+    scaled = noise * (1.0 + y[:, None].float())                             # class variances differ
+    assert label_dependence(coded, y, 4) > 3 * label_dependence(noise, y, 4)
+    assert label_dependence(scaled, y, 4) > 3 * label_dependence(noise, y, 4)
+    t = torch.randn(64, generator=g)
+    assert label_dependence(noise + 4.0 * t[:, None], t) > 0.9 > 0.1 > label_dependence(noise, t)
+    # singletons carry no comparison; a batch without two classes of two or more gives 0
+    assert label_dependence(noise[:4], torch.arange(4), 10) == 0
+    # gradient descent on it takes the class signal out
+    x = coded.clone().requires_grad_(True)
+    opt = torch.optim.Adam([x], lr=0.05)
+    for _ in range(300):
+        opt.zero_grad()
+        label_dependence(x, y, 4).backward()
+        opt.step()
+    assert label_dependence(x.detach(), y, 4) < 0.05
+
+
+def test_complement_moments_loss(ds):
+    torch.manual_seed(0)
+    model = build_model(ce_config(mode="S", stage1_fraction=0.5, complement_moments=2.0), ds).train()
+    assert model.comp_adv is None and "complement_adv" not in model.optimizers()
+    losses = dict(model.train_step(ds.batch(range(16)), 3, 4))["factor"]
+    assert "comp_mom" in losses and losses["comp_mom"] >= 0
+    losses["comp_mom"].backward()
+    assert model.factor.linear.weight.grad.abs().sum() > 0

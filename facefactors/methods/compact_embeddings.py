@@ -32,6 +32,11 @@ G(Phi^-1(f)). Losses:
   (discrete a) or its prediction the mean (continuous a: regression of the standardised labels
   towards 0). Nothing in the paper's losses takes an attribute *out* of the other parts, so
   without it f_not_p keeps nearly all of p (BENCHMARKS.md); this is the missing force.
+- ``complement_moments`` (not in the paper; 0 by default): a closed-form, adversary-free push in
+  the same direction: within each batch, the share of every dim of f_not_a that a's labels
+  explain (``label_dependence``: between-class variance share and per-class variance mismatch for
+  discrete a, squared correlation for continuous a), driven to 0. Equal class-conditional means
+  leave no first-moment signal for a linear probe; the variances take away some of the rest.
 
 Phi and Phi^-1 are linear maps plus residual MLPs whose last layer starts at zero; the linear
 maps start orthogonal and transposed, so Phi^-1(Phi(z)) = z exactly before stage 2 and
@@ -127,6 +132,7 @@ class CompactEmbeddingsParams(MethodParams):
     complement_adv: float = 0.0           # weight of the uniform-posterior loss on each f_not_p
     complement_adv_hidden: int = 256      # adversary MLP width (0: linear)
     complement_adv_steps: int = 1         # adversary updates per training step
+    complement_moments: float = 0.0       # weight of the label dependence of each f_not_p (label_dependence)
 
 
 # ---------------------------------------------------------------------------- losses
@@ -165,6 +171,46 @@ def triplet_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float = 0.2, m
     loss = F.relu(d[:, :, None] - d[:, None, :] + margin)[valid]
     active = loss > 0
     return loss[active].mean() if bool(active.any()) else zero
+
+
+def label_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0, eps: float = 1e-5) -> torch.Tensor:
+    """How much labels ``y`` explain codes ``x`` (B, D) in this batch, averaged over dims (0 = nothing).
+
+    Class labels (``num_classes`` > 0; y (B,)): the between-class share of each dim's variance
+    (the correlation ratio eta^2) over the classes with at least two samples (a singleton's mean
+    is itself), plus the mean squared log ratio of each class's variance to the pooled one over
+    the classes with at least four.
+    Continuous labels (``num_classes`` 0; y (B,) or (B, T)): the squared correlation of each dim
+    with each target.
+    """
+    x = x.float()
+    if num_classes <= 0:
+        t = y.float().reshape(len(y), -1)
+        xc, tc = x - x.mean(0), t - t.mean(0)
+        cov = xc.T @ tc / len(x)                                            # (D, T)
+        r2 = cov.pow(2) / (xc.pow(2).mean(0)[:, None] * tc.pow(2).mean(0)[None] + eps)
+        return r2.mean()
+    counts = torch.bincount(y, minlength=num_classes)
+    keep = counts[y] >= 2
+    if keep.sum() < 4 or (counts >= 2).sum() < 2:
+        return x.sum() * 0.0  # nothing to compare in this batch
+    x, y = x[keep], y[keep]
+    onehot = F.one_hot(y, num_classes).float()                             # (N, K)
+    n_k = onehot.sum(0)
+    live = n_k > 0
+    means = (onehot.T @ x)[live] / n_k[live, None]                          # (K', D)
+    mu, var = x.mean(0), x.var(0, unbiased=False) + eps
+    share = (n_k[live, None] * (means - mu).pow(2)).sum(0) / len(x) / var  # eta^2 per dim
+    big = n_k[live] >= 4  # variances of two or three samples are too noisy to compare
+    if not big.any():
+        return share.mean()
+    sq = (onehot.T @ x.pow(2))[live][big] / n_k[live][big, None]
+    var_k = (sq - means[big].pow(2)).clamp_min(0)
+    within = (n_k[live][big, None] * var_k).sum(0) / n_k[live][big].sum()   # pooled within-class variance
+    floor = 0.01 * within + eps
+    ratio = torch.log((var_k + floor) / (within + floor))
+    mismatch = (n_k[live][big, None] * ratio.pow(2)).sum(0) / n_k[live][big].sum()
+    return share.mean() + mismatch.mean()
 
 
 def gan_d_loss(real: torch.Tensor, fakes: list[torch.Tensor]) -> torch.Tensor:
@@ -308,7 +354,8 @@ class CompactEmbeddings(Method):
             raise ValueError(f"method.rec_loss={p.rec_loss!r}: use mse or l1")
         if p.triplet_mining not in MINING:
             raise ValueError(f"method.triplet_mining={p.triplet_mining!r}: use {' or '.join(MINING)}")
-        weights = {k: getattr(p, k) for k in ("rec", "enc", "adv", "gen", "f", "zrec", "cyc", "aug", "complement_adv")}
+        weights = {k: getattr(p, k) for k in ("rec", "enc", "adv", "gen", "f", "zrec", "cyc", "aug", "complement_adv",
+                                              "complement_moments")}
         negative = [k for k, v in weights.items() if v < 0]
         if negative:
             raise ValueError(f"method.{negative[0]} is negative; loss weights are >= 0 (0 switches a term off)")
@@ -467,6 +514,12 @@ class CompactEmbeddings(Method):
                 terms.append(uniform_cross_entropy(out) if self.comp_adv_classes[a] else out.pow(2).mean())
         return sum(terms) / len(terms)
 
+    def complement_dependence(self, f: Latent, labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Mean over modelled attributes a of ``label_dependence(f_not_a, a)`` (unweighted)."""
+        terms = [label_dependence(self.complement(f, a), self._comp_adv_target(labels, a), self.comp_adv_classes[a])
+                 for a in self.attributes]
+        return sum(terms) / len(terms)
+
     def factor_losses(self, z: torch.Tensor, labels: Mapping[str, torch.Tensor],
                       f: Latent | None = None) -> dict[str, torch.Tensor]:
         """The weighted stage-2 losses on codes ``z`` (gradients reach z where it has them);
@@ -478,6 +531,8 @@ class CompactEmbeddings(Method):
             out.update({f"f_{a}": p.f * v for a, v in self.attribute_losses(f, labels).items()})
         if self.comp_adv is not None:
             out["comp_conf"] = p.complement_adv * self.complement_confusion(f)
+        if p.complement_moments > 0 and self.attributes:
+            out["comp_mom"] = p.complement_moments * self.complement_dependence(f, labels)
         if p.zrec > 0:
             out["zrec"] = p.zrec * F.mse_loss(self.phi_inv(f).float(), z.detach().float())
         if p.cyc > 0 or p.aug > 0:
