@@ -12,7 +12,8 @@ from facefactors.config import RunConfig, build_dataclass, load_config
 from facefactors.data.synthfaces import SynthFacesConfig, generate
 from facefactors.errors import FacefactorsError
 from facefactors.latent import interpolate
-from facefactors.methods.compact_embeddings import label_dependence, triplet_loss
+from facefactors.methods.compact_embeddings import triplet_loss
+from facefactors.nn.losses import label_dependence
 from facefactors.runs import build_model
 from facefactors.train.trainer import Trainer
 

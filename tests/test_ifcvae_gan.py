@@ -153,6 +153,26 @@ def test_confuse_mode_targets_the_uniform_posterior(ds):
     assert out["aux"].item() == pytest.approx(torch.log(torch.tensor(2.0)).item(), abs=1e-5)
 
 
+def test_aux_moments_take_y_out_of_z_means(ds):
+    torch.manual_seed(0)
+    model = build_model(if_config(rec=0.0, kl=0.0, cls=0.0, gan=0.0, aux=0.0, aux_moments=1.0), ds).train()
+    batch = ds.batch(range(64))
+    out = dict(model.train_step(batch, 0, 10))["autoencoder"]
+    assert set(out) == {"aux_mom"}
+    out["aux_mom"].backward()
+    assert has_grad(model.encoder) and no_grad(model.aux_net) and no_grad(model.decoder)
+    # descent on it alone empties z's means of the labels (as far as this batch shows)
+    opt = torch.optim.Adam(model.encoder.parameters(), lr=1e-3)
+    first = None
+    for _ in range(30):
+        opt.zero_grad()
+        loss = dict(model.train_step(batch, 0, 10))["autoencoder"]["aux_mom"]
+        loss.backward()
+        opt.step()
+        first = loss.item() if first is None else first
+    assert loss.item() < 0.5 * first
+
+
 def test_discriminator_and_generator_gradients_are_separate(ds):
     torch.manual_seed(0)
     model = build_model(if_config(rec=0.0, kl=0.0, cls=0.0, aux=0.0, gan=1.0), ds).train()
@@ -188,6 +208,7 @@ def test_bce_reconstruction_matches_pixel_bce():
     ("ifcvae_gan_synthfaces_no_kl.yaml", {"kl": 0.0}),
     ("ifcvae_gan_synthfaces_no_gan.yaml", {"gan": 0.0}),
     ("ifcvae_gan_synthfaces_confuse.yaml", {"aux_mode": "confuse"}),
+    ("ifcvae_gan_synthfaces_confuse_moments.yaml", {"aux_mode": "confuse", "aux_moments": 1.0}),
 ])
 def test_configs(name, differs, ds):
     cfg = load_config(CONFIGS / name)

@@ -89,6 +89,7 @@ from facefactors.methods.autoencoder import reconstruction_loss
 from facefactors.methods.base import Method, MethodParams, ModelSetup, OptimizerSpec
 from facefactors.methods.registry import register
 from facefactors.nn.classifiers import MLPHead
+from facefactors.nn.losses import label_dependence
 from facefactors.nn.critics import PatchCritic
 from facefactors.nn.decoders import VectorDecoder
 from facefactors.nn.encoders import VectorEncoder
@@ -171,46 +172,6 @@ def triplet_loss(emb: torch.Tensor, labels: torch.Tensor, margin: float = 0.2, m
     loss = F.relu(d[:, :, None] - d[:, None, :] + margin)[valid]
     active = loss > 0
     return loss[active].mean() if bool(active.any()) else zero
-
-
-def label_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0, eps: float = 1e-5) -> torch.Tensor:
-    """How much labels ``y`` explain codes ``x`` (B, D) in this batch, averaged over dims (0 = nothing).
-
-    Class labels (``num_classes`` > 0; y (B,)): the between-class share of each dim's variance
-    (the correlation ratio eta^2) over the classes with at least two samples (a singleton's mean
-    is itself), plus the mean squared log ratio of each class's variance to the pooled one over
-    the classes with at least four.
-    Continuous labels (``num_classes`` 0; y (B,) or (B, T)): the squared correlation of each dim
-    with each target.
-    """
-    x = x.float()
-    if num_classes <= 0:
-        t = y.float().reshape(len(y), -1)
-        xc, tc = x - x.mean(0), t - t.mean(0)
-        cov = xc.T @ tc / len(x)                                            # (D, T)
-        r2 = cov.pow(2) / (xc.pow(2).mean(0)[:, None] * tc.pow(2).mean(0)[None] + eps)
-        return r2.mean()
-    counts = torch.bincount(y, minlength=num_classes)
-    keep = counts[y] >= 2
-    if keep.sum() < 4 or (counts >= 2).sum() < 2:
-        return x.sum() * 0.0  # nothing to compare in this batch
-    x, y = x[keep], y[keep]
-    onehot = F.one_hot(y, num_classes).float()                             # (N, K)
-    n_k = onehot.sum(0)
-    live = n_k > 0
-    means = (onehot.T @ x)[live] / n_k[live, None]                          # (K', D)
-    mu, var = x.mean(0), x.var(0, unbiased=False) + eps
-    share = (n_k[live, None] * (means - mu).pow(2)).sum(0) / len(x) / var  # eta^2 per dim
-    big = n_k[live] >= 4  # variances of two or three samples are too noisy to compare
-    if not big.any():
-        return share.mean()
-    sq = (onehot.T @ x.pow(2))[live][big] / n_k[live][big, None]
-    var_k = (sq - means[big].pow(2)).clamp_min(0)
-    within = (n_k[live][big, None] * var_k).sum(0) / n_k[live][big].sum()   # pooled within-class variance
-    floor = 0.01 * within + eps
-    ratio = torch.log((var_k + floor) / (within + floor))
-    mismatch = (n_k[live][big, None] * ratio.pow(2)).sum(0) / n_k[live][big].sum()
-    return share.mean() + mismatch.mean()
 
 
 def gan_d_loss(real: torch.Tensor, fakes: list[torch.Tensor]) -> torch.Tensor:

@@ -31,7 +31,10 @@ Weights: the paper's Table 1 uses rho = 0.1, delta = 0.1, alpha = 0.2; sharp rec
 alpha = delta = 0.005 (the residual model, Table 3). Official: 64 px, nz = 100, RMSprop 2e-4,
 batch 64 (momentum 0.5 in the discriminator of the residual model: ``dis_momentum``).
 Additions, off by default: ``warmup``/``ramp`` delay and ramp the aux and GAN terms of the
-encoder and decoder; ``aux_steps`` updates of A per step.
+encoder and decoder; ``aux_steps`` updates of A per step; ``aux_moments`` weighs an adversary-free
+penalty on how much y explains each dim of z's means within the batch (between-class variance
+share and class variance mismatch, ``nn.losses.label_dependence``): equal class-conditional
+means leave a fresh linear probe nothing to read, where fooling the current A need not.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ from facefactors.methods.registry import register
 from facefactors.nn.classifiers import MLPHead
 from facefactors.nn.decoders import VectorDecoder
 from facefactors.nn.encoders import ConvTrunk, VectorEncoder
+from facefactors.nn.losses import label_dependence
 
 DEFAULT_Z_DIM = 100
 LOGVAR_RANGE = (-12.0, 6.0)
@@ -77,6 +81,7 @@ class IFcVAEGANParams(MethodParams):
     aux_hidden: int = 256             # A: hidden units (0: linear)
     aux_layers: int = 2
     aux_steps: int = 1                # updates of A per step
+    aux_moments: float = 0.0          # not in the paper: label dependence of z's means (nn.losses.label_dependence)
     dis_width: int = 0                # discriminator conv width (0: model width)
     dis_norm: str = "batch"
     warmup: float = 0.0               # fraction of training before the aux and GAN terms reach E and D
@@ -321,6 +326,10 @@ class IFcVAEGAN(Method):
                 out["aux"] = -s * p.aux * self._aux_losses(a_logits, labels, confuse=False)
             else:
                 out["aux"] = s * p.aux * self._aux_losses(a_logits, labels, confuse=True)
+        if p.aux_moments > 0 and s > 0:
+            out["aux_mom"] = s * p.aux_moments * sum(
+                label_dependence(mu, labels[a], sp.num_classes if sp.discrete else 0)
+                for a, sp in self.specs.items()) / len(self.specs)
         if self.discriminator is not None and s > 0:
             f_rec, f_p = frozen_forward(self.discriminator, x_rec), frozen_forward(self.discriminator, x_p)
             if p.gan_loss == "nonsaturating":
