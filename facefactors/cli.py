@@ -221,7 +221,8 @@ def cmd_edit(args) -> int:
             raise FacefactorsError(f"--set needs a method whose parts hold attribute values; {run.model.name!r} "
                                    "edits one attribute at a time along a direction")
         edited = edit_image(run.model, ds, images, args.attribute, args.value, part=args.part,
-                            max_std=args.strength, kind=args.direction, device=args.device, log=_quiet)
+                            max_std=args.strength, overshoot=args.overshoot, kind=args.direction,
+                            pairwise=not args.one_vs_rest, device=args.device, log=_quiet)
     out = torch.cat([torch.cat([images[i], edited[i]], dim=2) for i in range(len(images))], dim=1) \
         if args.with_inputs else torch.cat(list(edited), dim=1)
     save_image(args.output, out)
@@ -448,6 +449,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--direction", default="svm", choices=["svm", "mean"],
                    help="max-margin SVM direction (D2AE 4.3) or the class-mean difference")
     s.add_argument("--strength", type=float, default=3.0, help="bound on the edit, in learned stds along the direction")
+    s.add_argument("--overshoot", type=float, default=1.0,
+                   help="target this many learned stds past the class's mean projection (0: the class mean)")
+    s.add_argument("--one-vs-rest", action="store_true",
+                   help="for attributes of 3+ classes, one direction per target class instead of the SVM of the "
+                        "image's own class against the target")
     s.add_argument("--set", nargs="*", default=[], metavar="ATTR=VALUE",
                    help="further attributes to set at the same time (methods whose parts hold values: ifcvae_gan; "
                         "values may be fractional for graded edits)")

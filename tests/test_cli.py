@@ -204,6 +204,10 @@ def test_edit_writes_edited_images_and_names_bad_values(capsys, trained_run, tmp
                                "--value", "bottom", "--with-inputs", "-o", str(out))
     assert code == 0 and "edited towards place = bottom" in outtext
     assert Image.open(out).size == (64, 64)  # two rows of original | edit, 32 px each
+    other = tmp_path / "one_vs_rest.png"
+    code, _, _ = run_cli(capsys, "edit", str(run), "--image", str(good), "--attribute", "place", "--value", "bottom",
+                         "--one-vs-rest", "--overshoot", "0", "-o", str(other))
+    assert code == 0 and Image.open(other).size == (32, 32)
 
 
 def test_sample_new_images_from_fitted_gaussian_or_prior(capsys, trained_run, tmp_path, monkeypatch):
