@@ -372,11 +372,12 @@ def test_label_dependence_measures_and_removes_what_labels_explain():
     assert label_dependence(x.detach(), y, 4) < 0.05
 
 
-def test_complement_moments_loss(ds):
+@pytest.mark.parametrize("weight, key", [("complement_moments", "comp_mom"), ("complement_kernel", "comp_kernel")])
+def test_complement_dependence_losses(ds, weight, key):
     torch.manual_seed(0)
-    model = build_model(ce_config(mode="S", stage1_fraction=0.5, complement_moments=2.0), ds).train()
+    model = build_model(ce_config(mode="S", stage1_fraction=0.5, **{weight: 2.0}), ds).train()
     assert model.comp_adv is None and "complement_adv" not in model.optimizers()
     losses = dict(model.train_step(ds.batch(range(16)), 3, 4))["factor"]
-    assert "comp_mom" in losses and losses["comp_mom"] >= 0
-    losses["comp_mom"].backward()
+    assert key in losses and losses[key] >= 0
+    losses[key].backward()
     assert model.factor.linear.weight.grad.abs().sum() > 0

@@ -109,7 +109,7 @@ def test_parts_encode_decode(ds, digits):
 
 @pytest.mark.parametrize("bind", [False, True])
 def test_trains_and_logs_every_loss(tmp_path, ds, bind):
-    cfg = cv_config(steps=3, reverse_rec=0.5, adv=0.1)
+    cfg = cv_config(steps=3, reverse_rec=0.5, adv=0.1, moments=1.0, kernel=1.0)
     trainer = Trainer(cfg, tmp_path / "r", dataset=ds, log=lambda m: None)
     if bind:  # what the trainer's dataset hook does
         original = build_model
@@ -127,8 +127,8 @@ def test_trains_and_logs_every_loss(tmp_path, ds, bind):
     else:
         trainer.fit()
     rec = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[-1])
-    for key in ["discriminator/dis", "autoencoder/rec", "autoencoder/kl", "autoencoder/adv", "reverse/reverse",
-                "reverse/reverse_rec"]:
+    for key in ["discriminator/dis", "autoencoder/rec", "autoencoder/kl", "autoencoder/adv", "autoencoder/moments",
+                "autoencoder/kernel", "reverse/reverse", "reverse/reverse_rec"]:
         assert key in rec, key
         assert rec[key] == rec[key] and abs(rec[key]) < 1e6
 
@@ -309,6 +309,7 @@ def test_sampling_runs_on_the_method(ds):
     ("cycle_vae_digits_adv_both.yaml", "cycle_vae_digits.yaml", {"adv": 0.05, "adv_target": "both"}),
     ("cycle_vae_digits_wasserstein.yaml", "cycle_vae_digits.yaml", {"reverse_distance": "wasserstein"}),
     ("cycle_vae_synthfaces.yaml", "cycle_vae_synthfaces.yaml", {}),
+    ("cycle_vae_synthfaces_independent.yaml", "cycle_vae_synthfaces.yaml", {"moments": 0.3, "kernel": 0.3}),
     ("cycle_vae_synthfaces_expression.yaml", "cycle_vae_synthfaces.yaml", {}),
 ])
 def test_configs(name, base_name, differs, ds, digits):

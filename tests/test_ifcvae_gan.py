@@ -209,6 +209,7 @@ def test_bce_reconstruction_matches_pixel_bce():
     ("ifcvae_gan_synthfaces_no_gan.yaml", {"gan": 0.0}),
     ("ifcvae_gan_synthfaces_confuse.yaml", {"aux_mode": "confuse"}),
     ("ifcvae_gan_synthfaces_confuse_moments.yaml", {"aux_mode": "confuse", "aux_moments": 1.0}),
+    ("ifcvae_gan_synthfaces_moments.yaml", {"aux": 0.0, "aux_moments": 1.0}),
 ])
 def test_configs(name, differs, ds):
     cfg = load_config(CONFIGS / name)

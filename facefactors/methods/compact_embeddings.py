@@ -37,6 +37,9 @@ G(Phi^-1(f)). Losses:
   explain (``label_dependence``: between-class variance share and per-class variance mismatch for
   discrete a, squared correlation for continuous a), driven to 0. Equal class-conditional means
   leave no first-moment signal for a linear probe; the variances take away some of the rest.
+- ``complement_kernel`` (not in the paper; 0 by default): the same push with a Gaussian-kernel
+  alignment of f_not_a with a's labels (``label_kernel_dependence``), which a nonlinear probe
+  cannot get around by reading something other than the class means and spreads.
 
 Phi and Phi^-1 are linear maps plus residual MLPs whose last layer starts at zero; the linear
 maps start orthogonal and transposed, so Phi^-1(Phi(z)) = z exactly before stage 2 and
@@ -89,7 +92,7 @@ from facefactors.methods.autoencoder import reconstruction_loss
 from facefactors.methods.base import Method, MethodParams, ModelSetup, OptimizerSpec
 from facefactors.methods.registry import register
 from facefactors.nn.classifiers import MLPHead
-from facefactors.nn.losses import label_dependence
+from facefactors.nn.losses import label_dependence, label_kernel_dependence
 from facefactors.nn.critics import PatchCritic
 from facefactors.nn.decoders import VectorDecoder
 from facefactors.nn.encoders import VectorEncoder
@@ -134,6 +137,7 @@ class CompactEmbeddingsParams(MethodParams):
     complement_adv_hidden: int = 256      # adversary MLP width (0: linear)
     complement_adv_steps: int = 1         # adversary updates per training step
     complement_moments: float = 0.0       # weight of the label dependence of each f_not_p (label_dependence)
+    complement_kernel: float = 0.0        # weight of the kernel alignment of each f_not_p with p's labels
 
 
 # ---------------------------------------------------------------------------- losses
@@ -316,7 +320,7 @@ class CompactEmbeddings(Method):
         if p.triplet_mining not in MINING:
             raise ValueError(f"method.triplet_mining={p.triplet_mining!r}: use {' or '.join(MINING)}")
         weights = {k: getattr(p, k) for k in ("rec", "enc", "adv", "gen", "f", "zrec", "cyc", "aug", "complement_adv",
-                                              "complement_moments")}
+                                              "complement_moments", "complement_kernel")}
         negative = [k for k, v in weights.items() if v < 0]
         if negative:
             raise ValueError(f"method.{negative[0]} is negative; loss weights are >= 0 (0 switches a term off)")
@@ -475,9 +479,12 @@ class CompactEmbeddings(Method):
                 terms.append(uniform_cross_entropy(out) if self.comp_adv_classes[a] else out.pow(2).mean())
         return sum(terms) / len(terms)
 
-    def complement_dependence(self, f: Latent, labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Mean over modelled attributes a of ``label_dependence(f_not_a, a)`` (unweighted)."""
-        terms = [label_dependence(self.complement(f, a), self._comp_adv_target(labels, a), self.comp_adv_classes[a])
+    def complement_dependence(self, f: Latent, labels: Mapping[str, torch.Tensor],
+                              kernel: bool = False) -> torch.Tensor:
+        """Mean over modelled attributes a of ``label_dependence(f_not_a, a)`` (unweighted), or with
+        ``kernel`` of ``label_kernel_dependence``, which also sees nonlinear dependence."""
+        measure = label_kernel_dependence if kernel else label_dependence
+        terms = [measure(self.complement(f, a), self._comp_adv_target(labels, a), self.comp_adv_classes[a])
                  for a in self.attributes]
         return sum(terms) / len(terms)
 
@@ -494,6 +501,8 @@ class CompactEmbeddings(Method):
             out["comp_conf"] = p.complement_adv * self.complement_confusion(f)
         if p.complement_moments > 0 and self.attributes:
             out["comp_mom"] = p.complement_moments * self.complement_dependence(f, labels)
+        if p.complement_kernel > 0 and self.attributes:
+            out["comp_kernel"] = p.complement_kernel * self.complement_dependence(f, labels, kernel=True)
         if p.zrec > 0:
             out["zrec"] = p.zrec * F.mse_loss(self.phi_inv(f).float(), z.detach().float())
         if p.cyc > 0 or p.aug > 0:

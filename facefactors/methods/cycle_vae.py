@@ -24,6 +24,14 @@ Variants (report Sec. 4.0.3.2), all off by default:
   (x_1, Dec(z ~ N(0, I), s_1)) (group ``discriminator``); the generator term reaches the decoder
   only (``adv_target: decoder``, s detached) or the encoder too (``adv_target: both``).
 
+Not in the paper or the report, off by default: ``moments`` weighs the label dependence of the
+forward cycle's z means (``nn.losses.label_dependence``: each dim's between-class variance share
+plus the mismatch of the class variances), so that z's class-conditional means and spreads agree;
+``kernel`` weighs their Gaussian-kernel alignment with the labels
+(``nn.losses.label_kernel_dependence``), which also sees dependence a nonlinear probe would read.
+Nothing in the cycles forbids z to hold the class (both images of a forward pair share it), and
+the reverse cycle only sees decoder outputs; this term looks at real images' codes directly.
+
 Pairs: with the dataset bound (``bind_dataset``, which the trainer calls before training) partners
 come from the train split through ``PairSampler``, seeded by (seed, step); otherwise from within
 the batch (``in_batch_partners``; an image without a same-class partner is paired with itself).
@@ -61,6 +69,7 @@ from facefactors.methods.registry import register
 from facefactors.nn.blocks import norm_layer
 from facefactors.nn.decoders import VectorDecoder
 from facefactors.nn.encoders import VectorEncoder
+from facefactors.nn.losses import label_dependence, label_kernel_dependence
 
 DEFAULT_DIM = 16
 
@@ -81,6 +90,8 @@ class CycleVAEParams(MethodParams):
     dis_lr: float = 1e-4
     dis_width: int = 0                  # 0: model width
     pairing: str = "auto"               # auto (dataset when bound, else batch) | dataset | batch
+    moments: float = 0.0                # not in the paper: label dependence of z's means (label_dependence)
+    kernel: float = 0.0                 # not in the paper: kernel alignment of z's means with the label
 
 
 class OfficialEncoder(nn.Module):
@@ -155,6 +166,7 @@ class CycleVAE(Method):
         if not (p.rec > 0 or p.kl > 0 or p.reverse > 0):
             raise ValueError("cycle_vae: rec, kl and reverse are all 0; nothing to train")
         self.attr = setup.attributes[0].name
+        self.num_classes = int(setup.attributes[0].num_classes)
         unknown = set(setup.part_dims) - {self.attr, "rest"}
         if unknown:
             raise ValueError(f"part_dims names unknown parts {sorted(unknown)}; parts are {[self.attr, 'rest']}")
@@ -266,6 +278,12 @@ class CycleVAE(Method):
             out["rec"] = p.rec * reconstruction_loss(p.rec_loss, x_hat, x_pair)
         if p.kl > 0:
             out["kl"] = p.kl * self._kl(mu, logvar, pixels)
+        if p.moments > 0:
+            y_pair = torch.cat([y, y]) if from_ds else y   # forward partners share the class
+            out["moments"] = p.moments * label_dependence(mu, y_pair, self.num_classes)
+        if p.kernel > 0:
+            y_pair = torch.cat([y, y]) if from_ds else y
+            out["kernel"] = p.kernel * label_kernel_dependence(mu, y_pair, self.num_classes)
 
         # ---- adversarial variant: same-class real pairs against (x_1, Dec(z ~ prior, s_1))
         if self.discriminator is not None:

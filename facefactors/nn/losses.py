@@ -43,3 +43,39 @@ def label_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0, eps
     ratio = torch.log((var_k + floor) / (within + floor))
     mismatch = (n_k[live][big, None] * ratio.pow(2)).sum(0) / n_k[live][big].sum()
     return share.mean() + mismatch.mean()
+
+
+def label_kernel_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0,
+                            scales: tuple[float, ...] = (0.25, 1.0, 4.0)) -> torch.Tensor:
+    """Kernel alignment (CKA) of codes ``x`` (B, D) with labels ``y`` in this batch, in [0, 1] (0 = independent).
+
+    ``label_dependence`` compares class means and variances per dim, which a nonlinear probe gets
+    around; a Gaussian kernel on x sees any dependence. x's kernel averages Gaussians at
+    ``scales`` times the median squared distance (so it is blind to the codes' overall scale);
+    y's kernel is class identity (``num_classes`` > 0) or a Gaussian on the standardised targets.
+    Both are centred, and the result is their normalized inner product (centred kernel alignment,
+    a normalized HSIC).
+    """
+    x = x.float()
+    n = len(x)
+    if n < 4:
+        return x.sum() * 0.0
+    d2 = torch.cdist(x, x).pow(2)
+    off = ~torch.eye(n, dtype=torch.bool, device=x.device)
+    med = d2.detach()[off].median().clamp_min(1e-8)
+    k = sum(torch.exp(-d2 / (s * med)) for s in scales) / len(scales)
+    if num_classes > 0:
+        onehot = F.one_hot(y.long(), num_classes).float()
+        ell = onehot @ onehot.T
+    else:
+        t = y.float().reshape(n, -1)
+        t = (t - t.mean(0)) / (t.std(0) + 1e-6)
+        dt = torch.cdist(t, t).pow(2)
+        ell = torch.exp(-dt / dt[off].median().clamp_min(1e-8))
+    def centre(m: torch.Tensor) -> torch.Tensor:
+        return m - m.mean(0, keepdim=True) - m.mean(1, keepdim=True) + m.mean()
+    kc, lc = centre(k), centre(ell)
+    denom = kc.pow(2).sum().sqrt() * lc.pow(2).sum().sqrt()
+    if denom.item() < 1e-12:
+        return x.sum() * 0.0
+    return (kc * lc).sum() / denom
