@@ -381,3 +381,31 @@ def test_complement_dependence_losses(ds, weight, key):
     assert key in losses and losses[key] >= 0
     losses[key].backward()
     assert model.factor.linear.weight.grad.abs().sum() > 0
+
+
+def test_complement_per_part_sees_one_leaking_part(ds):
+    """With ``complement_per_part`` the dependence is measured on each part of f_not_a alone: one
+    small part that encodes the expression stands out there; the mean over (a, q) pairs is what
+    the option reports, and it is blind to none of the pairs."""
+    from facefactors.latent import Latent
+    from facefactors.nn.losses import label_kernel_dependence
+    torch.manual_seed(0)
+    labels = {k: v[:64] for k, v in ds.labels.items()}
+    models = {pp: build_model(ce_config(mode="S", complement_kernel=1.0, complement_per_part=pp), ds)
+              for pp in (False, True)}
+    model = models[True]
+    y = labels["expression"].long()
+    parts = {q: torch.randn(64, d) for q, d in DIMS.items()}
+    parts["illumination"] = torch.nn.functional.one_hot(y, 4).float() + 0.1 * torch.randn(64, 4)  # as strong as the noise
+    f = Latent(parts)
+    per_part = model.complement_dependence(f, labels, kernel=True)
+    whole = models[False].complement_dependence(f, labels, kernel=True)
+    expected = []
+    for a in ATTRS:
+        target, classes = model._comp_adv_target(labels, a), model.comp_adv_classes[a]
+        expected += [label_kernel_dependence(f[q], target, classes) for q in model.complement_parts(a)]
+    assert torch.allclose(per_part, sum(expected) / len(expected))
+    leak = label_kernel_dependence(f["illumination"], y, 4)
+    concat = label_kernel_dependence(model.complement(f, "expression"), y, 4)
+    assert leak > 2 * concat          # the leaking part alone shows it far more clearly
+    assert not torch.allclose(per_part, whole)
