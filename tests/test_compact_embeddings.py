@@ -409,3 +409,16 @@ def test_complement_per_part_sees_one_leaking_part(ds):
     concat = label_kernel_dependence(model.complement(f, "expression"), y, 4)
     assert leak > 2 * concat          # the leaking part alone shows it far more clearly
     assert not torch.allclose(per_part, whole)
+
+
+def test_part_compactness_is_logged_and_reaches_the_factor_network(ds):
+    torch.manual_seed(0)
+    model = build_model(ce_config(mode="S", stage1_fraction=0.5, part_compactness=1.0), ds).train()
+    losses = dict(model.train_step(ds.batch(range(16)), 3, 4))["factor"]
+    assert 0 <= losses["compact"] <= 1
+    losses["compact"].backward()
+    assert model.factor.linear.weight.grad.abs().sum() > 0
+    off = dict(build_model(ce_config(mode="S", stage1_fraction=0.5), ds).train().train_step(ds.batch(range(16)), 3, 4))
+    assert "compact" not in off["factor"]
+    with pytest.raises(FacefactorsError, match="part_compactness"):
+        build_model(ce_config(part_compactness=-1.0), ds)

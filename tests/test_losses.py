@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from facefactors.nn.losses import label_dependence, label_kernel_dependence
+from facefactors.nn.losses import label_dependence, label_kernel_dependence, within_class_share
 
 
 def two_shapes(n: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,3 +41,24 @@ def test_kernel_dependence_descent_removes_it():
         opt.step()
     fresh = torch.randn_like(x0)
     assert label_kernel_dependence(x.detach(), y, 2) < min(0.5 * start, label_kernel_dependence(fresh, y, 2) + 0.02)
+
+
+def test_within_class_share_is_zero_for_a_label_code_and_one_for_noise():
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(64) % 4
+    label_code = torch.nn.functional.one_hot(y, 4).float() * 2.0
+    noise = torch.randn(64, 4, generator=g)
+    assert within_class_share(label_code, y, 4) < 1e-6
+    assert 0.8 < within_class_share(noise, y, 4) <= 1.0
+    mixed = within_class_share(label_code + noise, y, 4)
+    assert within_class_share(label_code, y, 4) < mixed < within_class_share(noise, y, 4)
+    # singletons show no spread: a batch of distinct classes gives 0 (nothing to measure)
+    assert within_class_share(noise[:4], torch.arange(4), 4) == 0
+    # descent removes the within-class spread but keeps the classes apart
+    x = (label_code + noise).requires_grad_()
+    opt = torch.optim.SGD([x], lr=20.0)
+    for _ in range(100):
+        opt.zero_grad()
+        within_class_share(x, y, 4).backward()
+        opt.step()
+    assert within_class_share(x, y, 4) < 0.1 * mixed

@@ -44,6 +44,12 @@ G(Phi^-1(f)). Losses:
   f_not_a on its own (mean over the (a, q) pairs) instead of on the concatenation. A Gaussian
   kernel on ~80 concatenated dims hardly moves when a 32-d identity part carries illumination; on
   the part alone it does, and a part free of a is what a's complement needs.
+- ``part_compactness`` (not in the paper; 0 by default): for each discrete attribute part (on
+  the L2-normalised embedding for triplet parts), the within-class share of its variance in the
+  batch (``within_class_share``), logged as ``compact``. A part that varies within its class
+  holds something besides its label (illumination in f_id, identity in f_e); fresh probes read
+  those from the complements of the other attributes. Driving the share down makes each part a
+  code of its own label, so that other attributes must live in ``rest`` only.
 
 Phi and Phi^-1 are linear maps plus residual MLPs whose last layer starts at zero; the linear
 maps start orthogonal and transposed, so Phi^-1(Phi(z)) = z exactly before stage 2 and
@@ -96,7 +102,7 @@ from facefactors.methods.autoencoder import reconstruction_loss
 from facefactors.methods.base import Method, MethodParams, ModelSetup, OptimizerSpec
 from facefactors.methods.registry import register
 from facefactors.nn.classifiers import MLPHead
-from facefactors.nn.losses import label_dependence, label_kernel_dependence
+from facefactors.nn.losses import label_dependence, label_kernel_dependence, within_class_share
 from facefactors.nn.critics import PatchCritic
 from facefactors.nn.decoders import VectorDecoder
 from facefactors.nn.encoders import VectorEncoder
@@ -143,6 +149,7 @@ class CompactEmbeddingsParams(MethodParams):
     complement_moments: float = 0.0       # weight of the label dependence of each f_not_p (label_dependence)
     complement_kernel: float = 0.0        # weight of the kernel alignment of each f_not_p with p's labels
     complement_per_part: bool = False     # measure those two on each part of f_not_p, not on the concatenation
+    part_compactness: float = 0.0         # weight of the within-class variance share of each discrete part
 
 
 # ---------------------------------------------------------------------------- losses
@@ -325,7 +332,7 @@ class CompactEmbeddings(Method):
         if p.triplet_mining not in MINING:
             raise ValueError(f"method.triplet_mining={p.triplet_mining!r}: use {' or '.join(MINING)}")
         weights = {k: getattr(p, k) for k in ("rec", "enc", "adv", "gen", "f", "zrec", "cyc", "aug", "complement_adv",
-                                              "complement_moments", "complement_kernel")}
+                                              "complement_moments", "complement_kernel", "part_compactness")}
         negative = [k for k, v in weights.items() if v < 0]
         if negative:
             raise ValueError(f"method.{negative[0]} is negative; loss weights are >= 0 (0 switches a term off)")
@@ -499,6 +506,17 @@ class CompactEmbeddings(Method):
                 terms.append(measure(self.complement(f, a), target, classes))
         return sum(terms) / len(terms)
 
+    def part_compactness(self, f: Latent, labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Mean over the discrete attribute parts of the within-class share of their variance
+        (triplet parts L2-normalised first, as the triplet loss sees them)."""
+        terms = []
+        for a in self.attributes:
+            if a in self.regress or not self.comp_adv_classes[a]:
+                continue
+            x = F.normalize(f[a].float(), dim=1) if a in self.triplet else f[a]
+            terms.append(within_class_share(x, self._target(labels, a), self.comp_adv_classes[a]))
+        return sum(terms) / len(terms) if terms else f[self.part_names[0]].sum() * 0.0
+
     def factor_losses(self, z: torch.Tensor, labels: Mapping[str, torch.Tensor],
                       f: Latent | None = None) -> dict[str, torch.Tensor]:
         """The weighted stage-2 losses on codes ``z`` (gradients reach z where it has them);
@@ -514,6 +532,8 @@ class CompactEmbeddings(Method):
             out["comp_mom"] = p.complement_moments * self.complement_dependence(f, labels)
         if p.complement_kernel > 0 and self.attributes:
             out["comp_kernel"] = p.complement_kernel * self.complement_dependence(f, labels, kernel=True)
+        if p.part_compactness > 0:
+            out["compact"] = p.part_compactness * self.part_compactness(f, labels)
         if p.zrec > 0:
             out["zrec"] = p.zrec * F.mse_loss(self.phi_inv(f).float(), z.detach().float())
         if p.cyc > 0 or p.aug > 0:

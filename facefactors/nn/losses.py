@@ -79,3 +79,25 @@ def label_kernel_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int =
     if denom.item() < 1e-12:
         return x.sum() * 0.0
     return (kc * lc).sum() / denom
+
+
+def within_class_share(x: torch.Tensor, y: torch.Tensor, num_classes: int, eps: float = 1e-8) -> torch.Tensor:
+    """The share of the codes' ``x`` (B, D) variance that lies within classes ``y`` (B,), in [0, 1].
+
+    Pooled within-class variance summed over dims, over the total variance summed over dims,
+    both over the samples whose class has at least two members in the batch (a singleton shows no
+    spread). 0 means the code is a function of its label: it has no room left for anything else.
+    The ratio of sums (not a mean of per-dim ratios) keeps near-constant dims from dominating.
+    """
+    x = x.float()
+    counts = torch.bincount(y.long(), minlength=num_classes)
+    keep = counts[y.long()] >= 2
+    if keep.sum() < 2:
+        return x.sum() * 0.0
+    x, y = x[keep], y.long()[keep]
+    onehot = F.one_hot(y, num_classes).float()
+    n_k = onehot.sum(0).clamp_min(1.0)
+    means = (onehot.T @ x) / n_k[:, None]                  # (K, D), zero rows for absent classes
+    within = (x - means[y]).pow(2).sum() / len(x)
+    total = (x - x.mean(0)).pow(2).sum() / len(x)
+    return within / (total + eps)
