@@ -257,6 +257,8 @@ ABLATIONS = {  # file suffix -> (what the row changes, checked on the loaded con
     "_identity_only": {"attributes": ["identity"]},
     "_expression_only": {"attributes": ["expression"]},
     "_complement_adv": {"complement_adv": 1.0, "complement_adv_steps": 2},   # not a paper row
+    "_complement_terms": {"complement_adv": 1.0, "complement_moments": 1.0, "complement_kernel": 10.0,
+                          "part_compactness": 1.0},                            # not a paper row
 }
 
 
