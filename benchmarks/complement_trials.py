@@ -67,28 +67,19 @@ def main() -> None:
 
     train, test = np.asarray(ds.split("train")), np.asarray(ds.split("test"))
     with torch.no_grad():
-        codes = torch.cat([model.encoder((ds.images[torch.from_numpy(train[i:i + 512])].float() - 127.5) / 127.5)
-                           for i in range(0, len(train), 512)])
+        codes = torch.cat([model.encoder(ds.batch(train[i:i + 512]).image) for i in range(0, len(train), 512)])
     labels = {k: v[torch.from_numpy(train)] for k, v in ds.labels.items()}
-    specs = model.optimizers()
-    opts = {k: s.build() for k, s in specs.items() if k in ("factor", "complement_adv")}
+    opts = {k: s.build() for k, s in model.optimizers().items() if k in ("factor", "complement_adv")}
     model.factor.train()
     model.factor_inv.train()
     g = torch.Generator().manual_seed(args.seed)
     start = time.time()
     for _ in range(args.steps):
         idx = torch.randint(0, len(train), (args.batch_size,), generator=g)
-        z, lab = codes[idx], {k: v[idx] for k, v in labels.items()}
-        model._update_stats(lab)
-        f = model.phi(z)
-        for group, losses in model._train_complement_adversaries(f, lab):
+        for group, losses in model.factor_step(codes[idx], {k: v[idx] for k, v in labels.items()}):
             opts[group].zero_grad(set_to_none=True)
             sum(losses.values()).backward()
             opts[group].step()
-        losses = model.factor_losses(z, lab, f)
-        opts["factor"].zero_grad(set_to_none=True)
-        sum(losses.values()).backward()
-        opts["factor"].step()
     train_s = time.time() - start
 
     model.eval()

@@ -312,7 +312,7 @@ def test_complement_adversaries(ds):
     dims = {"pose": 2, "identity": 6, "expression_intensity": 2, "rest": 10}
     model = build_model(ce_config(mode="S", stage1_fraction=0.5, complement_adv=0.5, complement_adv_steps=2,
                                   attributes=attrs, dims=dims), ds).train()
-    assert model.comp_adv_classes == {"pose": 3, "identity": 4, "expression_intensity": 0}
+    assert model.attr_classes == {"pose": 3, "identity": 4, "expression_intensity": 0}
     assert model.comp_adv["identity"].net[1].in_features == 20 - 6      # reads f_not_identity
     specs = model.optimizers()
     assert list(specs) == ["latent_dis", "image_dis", "autoencoder", "factor", "complement_adv"]
@@ -404,7 +404,7 @@ def test_complement_per_part_sees_one_leaking_part(ds):
     whole = models[False].complement_dependence(f, labels, kernel=True)
     expected = []
     for a in ATTRS:
-        target, classes = model._comp_adv_target(labels, a), model.comp_adv_classes[a]
+        target, classes = model._complement_target(labels, a), model.attr_classes[a]
         expected += [label_kernel_dependence(f[q], target, classes) for q in model.complement_parts(a)]
     assert torch.allclose(per_part, sum(expected) / len(expected))
     leak = label_kernel_dependence(f["illumination"], y, 4)

@@ -315,11 +315,11 @@ class CompactEmbeddings(Method):
         # complement adversaries: the attribute's own label where it is discrete (pose is
         # categorical on SynthFaces even though its part regresses yaw and roll), else regression
         self.comp_adv = None
-        self.comp_adv_classes = {a: kinds[a].num_classes if kinds[a].discrete else 0 for a in self.attributes}
+        self.attr_classes = {a: kinds[a].num_classes if kinds[a].discrete else 0 for a in self.attributes}  # 0: continuous
         if p.complement_adv > 0 and self.attributes:
             self.comp_adv = nn.ModuleDict({
                 a: MLPHead(total - self.dims[a], k or len(self.regress[a]), p.complement_adv_hidden, layers=2)
-                for a, k in self.comp_adv_classes.items()})
+                for a, k in self.attr_classes.items()})
 
     @staticmethod
     def _check_params(p: CompactEmbeddingsParams) -> None:
@@ -468,8 +468,8 @@ class CompactEmbeddings(Method):
                 out[a] = F.cross_entropy(self.heads[a](f[a]).float(), y)
         return out
 
-    def _comp_adv_target(self, labels: Mapping[str, torch.Tensor], a: str) -> torch.Tensor:
-        if self.comp_adv_classes[a]:
+    def _complement_target(self, labels: Mapping[str, torch.Tensor], a: str) -> torch.Tensor:
+        if self.attr_classes[a]:
             return self._target(labels, a)
         return self.reg_stats[a].standardise(self._regression_targets(labels, a))
 
@@ -478,8 +478,8 @@ class CompactEmbeddings(Method):
         terms = []
         for a, head in self.comp_adv.items():
             out = head(self.complement(f, a).detach()).float()
-            t = self._comp_adv_target(labels, a)
-            terms.append(F.cross_entropy(out, t) if self.comp_adv_classes[a] else F.mse_loss(out, t))
+            t = self._complement_target(labels, a)
+            terms.append(F.cross_entropy(out, t) if self.attr_classes[a] else F.mse_loss(out, t))
         return sum(terms) / len(terms)
 
     def complement_confusion(self, f: Latent) -> torch.Tensor:
@@ -488,7 +488,7 @@ class CompactEmbeddings(Method):
         with frozen(self.comp_adv):
             for a, head in self.comp_adv.items():
                 out = head(self.complement(f, a)).float()
-                terms.append(uniform_cross_entropy(out) if self.comp_adv_classes[a] else out.pow(2).mean())
+                terms.append(uniform_cross_entropy(out) if self.attr_classes[a] else out.pow(2).mean())
         return sum(terms) / len(terms)
 
     def complement_dependence(self, f: Latent, labels: Mapping[str, torch.Tensor],
@@ -499,7 +499,7 @@ class CompactEmbeddings(Method):
         measure = label_kernel_dependence if kernel else label_dependence
         terms = []
         for a in self.attributes:
-            target, classes = self._comp_adv_target(labels, a), self.comp_adv_classes[a]
+            target, classes = self._complement_target(labels, a), self.attr_classes[a]
             if self.params.complement_per_part:
                 terms += [measure(f[q].flatten(1), target, classes) for q in self.complement_parts(a)]
             else:
@@ -511,10 +511,10 @@ class CompactEmbeddings(Method):
         (triplet parts L2-normalised first, as the triplet loss sees them)."""
         terms = []
         for a in self.attributes:
-            if a in self.regress or not self.comp_adv_classes[a]:
+            if a in self.regress or not self.attr_classes[a]:
                 continue
             x = F.normalize(f[a].float(), dim=1) if a in self.triplet else f[a]
-            terms.append(within_class_share(x, self._target(labels, a), self.comp_adv_classes[a]))
+            terms.append(within_class_share(x, self._target(labels, a), self.attr_classes[a]))
         return sum(terms) / len(terms) if terms else f[self.part_names[0]].sum() * 0.0
 
     def factor_losses(self, z: torch.Tensor, labels: Mapping[str, torch.Tensor],
@@ -562,20 +562,15 @@ class CompactEmbeddings(Method):
         p = self.params
         x, labels = batch.image, batch.labels
         stage = self.stage(step, total_steps)
-        if stage == 2:
-            self._update_stats(labels)
         if stage == 2 and p.mode == "S":
             # stage 2 on the frozen autoencoder: eval mode, no parameter gradients, no stage-1 steps
             self._set_stage1_training(False)
             with torch.no_grad():
                 z = self.encoder(x)
-            with frozen(*self._stage1_modules()):
-                f = self.phi(z)
-                yield from self._train_complement_adversaries(f, labels)
-                losses = self.factor_losses(z, labels, f)
-                if losses:
-                    yield "factor", losses
+            yield from self.factor_step(z, labels)
             return
+        if stage == 2:
+            self._update_stats(labels)
 
         self._set_stage1_training(True)
         z = self.encoder(x)
@@ -604,6 +599,19 @@ class CompactEmbeddings(Method):
             out.update(self.factor_losses(z, labels, f))
         if out:
             yield "autoencoder", out
+
+    def factor_step(self, z: torch.Tensor, labels: Mapping[str, torch.Tensor]
+                    ) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
+        """One mode-S stage-2 step on codes ``z`` of the frozen encoder: regression statistics,
+        complement adversaries, then the ``factor`` group's losses. ``train_step`` runs it on E(x);
+        ``benchmarks/complement_trials.py`` runs it on codes encoded once."""
+        self._update_stats(labels)
+        with frozen(*self._stage1_modules()):
+            f = self.phi(z)
+            yield from self._train_complement_adversaries(f, labels)
+            losses = self.factor_losses(z, labels, f)
+            if losses:
+                yield "factor", losses
 
     def _train_complement_adversaries(self, f: Latent, labels: Mapping[str, torch.Tensor]
                                       ) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:

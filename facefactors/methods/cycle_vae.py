@@ -278,11 +278,10 @@ class CycleVAE(Method):
             out["rec"] = p.rec * reconstruction_loss(p.rec_loss, x_hat, x_pair)
         if p.kl > 0:
             out["kl"] = p.kl * self._kl(mu, logvar, pixels)
+        y_pair = torch.cat([y, y]) if from_ds else y   # forward partners share the class
         if p.moments > 0:
-            y_pair = torch.cat([y, y]) if from_ds else y   # forward partners share the class
             out["moments"] = p.moments * label_dependence(mu, y_pair, self.num_classes)
         if p.kernel > 0:
-            y_pair = torch.cat([y, y]) if from_ds else y
             out["kernel"] = p.kernel * label_kernel_dependence(mu, y_pair, self.num_classes)
 
         # ---- adversarial variant: same-class real pairs against (x_1, Dec(z ~ prior, s_1))

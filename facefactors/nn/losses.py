@@ -5,6 +5,19 @@ import torch
 import torch.nn.functional as F
 
 
+def _classes_of_two_or_more(x: torch.Tensor, y: torch.Tensor, num_classes: int):
+    """The rows of ``x`` whose class in ``y`` has at least two members in the batch (a singleton
+    shows no spread), with their labels, one-hot labels (N, K), class sizes (K,) and class means
+    (K, D; absent classes have size 0 and mean 0)."""
+    y = y.long()
+    counts = torch.bincount(y, minlength=num_classes)
+    keep = counts[y] >= 2
+    x, y = x[keep], y[keep]
+    onehot = F.one_hot(y, num_classes).float()
+    n_k = onehot.sum(0)
+    return x, y, onehot, n_k, (onehot.T @ x) / n_k.clamp_min(1.0)[:, None]
+
+
 def label_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0, eps: float = 1e-5) -> torch.Tensor:
     """How much labels ``y`` explain codes ``x`` (B, D) in this batch, averaged over dims (0 = nothing).
 
@@ -22,15 +35,12 @@ def label_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0, eps
         cov = xc.T @ tc / len(x)                                            # (D, T)
         r2 = cov.pow(2) / (xc.pow(2).mean(0)[:, None] * tc.pow(2).mean(0)[None] + eps)
         return r2.mean()
-    counts = torch.bincount(y, minlength=num_classes)
-    keep = counts[y] >= 2
-    if keep.sum() < 4 or (counts >= 2).sum() < 2:
+    kept, _, onehot, n_k, means = _classes_of_two_or_more(x, y, num_classes)
+    if len(kept) < 4 or (n_k >= 2).sum() < 2:
         return x.sum() * 0.0  # nothing to compare in this batch
-    x, y = x[keep], y[keep]
-    onehot = F.one_hot(y, num_classes).float()                             # (N, K)
-    n_k = onehot.sum(0)
+    x = kept
     live = n_k > 0
-    means = (onehot.T @ x)[live] / n_k[live, None]                          # (K', D)
+    means = means[live]                                                     # (K', D)
     mu, var = x.mean(0), x.var(0, unbiased=False) + eps
     share = (n_k[live, None] * (means - mu).pow(2)).sum(0) / len(x) / var  # eta^2 per dim
     big = n_k[live] >= 4  # variances of two or three samples are too noisy to compare
@@ -89,15 +99,10 @@ def within_class_share(x: torch.Tensor, y: torch.Tensor, num_classes: int, eps: 
     spread). 0 means the code is a function of its label: it has no room left for anything else.
     The ratio of sums (not a mean of per-dim ratios) keeps near-constant dims from dominating.
     """
-    x = x.float()
-    counts = torch.bincount(y.long(), minlength=num_classes)
-    keep = counts[y.long()] >= 2
-    if keep.sum() < 2:
+    kept, y, _, _, means = _classes_of_two_or_more(x.float(), y, num_classes)
+    if len(kept) < 2:
         return x.sum() * 0.0
-    x, y = x[keep], y.long()[keep]
-    onehot = F.one_hot(y, num_classes).float()
-    n_k = onehot.sum(0).clamp_min(1.0)
-    means = (onehot.T @ x) / n_k[:, None]                  # (K, D), zero rows for absent classes
+    x = kept
     within = (x - means[y]).pow(2).sum() / len(x)
     total = (x - x.mean(0)).pow(2).sum() / len(x)
     return within / (total + eps)
