@@ -1,7 +1,7 @@
 """Quick trials of the terms that take an attribute out of the complements f_not_p (compact_embeddings).
 
     python benchmarks/complement_trials.py --run runs/bench/compact_embeddings_synthfaces_S \
-        [--complement-adv 1 --adv-steps 2] [--moments 1] [--kernel 10] [--per-part] [--compactness 1]
+        [--complement-adv 1 --adv-steps 2] [--moments 1] [--kernel 10] [--per-part] [--whiten] [--compactness 1]
 
 The 30-minute S run spends most of its time in stage 1; stage 2 (the factor network) can be
 tried on its own. This loads a trained S run, keeps its encoder frozen, encodes the train split
@@ -38,6 +38,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=4000)
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--zrec", type=float, default=4.0)
+    ap.add_argument("--f", type=float, default=1.0, help="weight of L_f, the parts' own attribute losses")
     ap.add_argument("--rest-dim", type=int, default=0, help="size of the rest part (0: the run's)")
     ap.add_argument("--complement-adv", type=float, default=0.0)
     ap.add_argument("--adv-steps", type=int, default=1)
@@ -45,8 +46,12 @@ def main() -> None:
     ap.add_argument("--moments", type=float, default=0.0)
     ap.add_argument("--kernel", type=float, default=0.0)
     ap.add_argument("--per-part", action="store_true")
+    ap.add_argument("--whiten", action="store_true", help="the complement terms see whitened codes")
     ap.add_argument("--compactness", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--probe-test", choices=("test", "train"), default="test",
+                    help="score the probes on test images, or on train images the probes did not fit "
+                         "(what the factor network saw): a gap shows the terms not generalising")
     args = ap.parse_args()
 
     torch.manual_seed(args.seed)
@@ -54,8 +59,8 @@ def main() -> None:
     ds = run.dataset
     cfgd = dataclasses.asdict(run.config)
     cfgd["method"] = dict(cfgd["method"], complement_adv=args.complement_adv, complement_adv_steps=args.adv_steps,
-                          complement_adv_hidden=args.adv_hidden, zrec=args.zrec, complement_moments=args.moments,
-                          complement_kernel=args.kernel, complement_per_part=args.per_part,
+                          complement_adv_hidden=args.adv_hidden, zrec=args.zrec, f=args.f, complement_moments=args.moments,
+                          complement_kernel=args.kernel, complement_per_part=args.per_part, complement_whiten=args.whiten,
                           part_compactness=args.compactness, cyc=0.0, aug=0.0)
     if args.rest_dim:
         cfgd["model"]["part_dims"] = dict(cfgd["model"]["part_dims"], rest=args.rest_dim)
@@ -84,8 +89,10 @@ def main() -> None:
 
     model.eval()
     rng = np.random.default_rng(0)
-    a = encode_split(model, ds, train[rng.permutation(len(train))[:4000]])
-    b = encode_split(model, ds, test[rng.permutation(len(test))[:2000]])
+    order = rng.permutation(len(train))
+    a = encode_split(model, ds, train[order[:4000]])
+    b = encode_split(model, ds, train[order[4000:6000]] if args.probe_test == "train"
+                     else test[rng.permutation(len(test))[:2000]])
     res = discriminability(a, b, ds.attributes, model.part_names, model.complement_parts, probes=("linear", "mlp"))
     out = {"args": vars(args), "train_seconds": round(train_s, 1),
            "ratio": {p: {k: round(v, 3) for k, v in e["leakage_ratio"].items()} for p, e in res.items()},
@@ -97,6 +104,16 @@ def main() -> None:
         attr: {q: round(probe_score("mlp", a[f"part/{q}"], a[f"label/{attr}"], b[f"part/{q}"],
                                     b[f"label/{attr}"])["normalized"], 2) for q in model.part_names}
         for attr in res if f"label/{attr}" in a}
+    # the same reading from the direction and from the length of each part: the triplet loss and
+    # part_compactness see identity L2-normalised, so its length is free to carry anything
+    unit = {s: {q: v / np.linalg.norm(v, axis=1, keepdims=True).clip(1e-8) for q, v in
+                ((k[5:], x[k]) for k in x if k.startswith("part/"))} for s, x in (("a", a), ("b", b))}
+    norm = {s: {q: np.linalg.norm(x[f"part/{q}"], axis=1, keepdims=True) for q in model.part_names}
+            for s, x in (("a", a), ("b", b))}
+    for tag, feats in (("mlp_leak_by_direction", unit), ("mlp_leak_by_length", norm)):
+        out[tag] = {attr: {q: round(probe_score("mlp", feats["a"][q], a[f"label/{attr}"], feats["b"][q],
+                                                b[f"label/{attr}"])["normalized"], 2) for q in model.part_names}
+                    for attr in res if f"label/{attr}" in a}
     print(json.dumps(out))
 
 

@@ -424,3 +424,35 @@ def test_part_compactness_is_logged_and_reaches_the_factor_network(ds):
     assert "compact" not in off["factor"]
     with pytest.raises(FacefactorsError, match="part_compactness"):
         build_model(ce_config(part_compactness=-1.0), ds)
+
+
+def test_complement_whiten_feeds_whitened_complements_to_every_term(ds):
+    """``complement_whiten``: each attribute's complement (and each part, for the per-part terms)
+    gets running whitening statistics that the training steps update and checkpoints keep; the
+    adversaries, the confusion and the dependence terms then see whitened codes."""
+    torch.manual_seed(0)
+    kw = dict(mode="S", stage1_fraction=0.5, complement_adv=1.0, complement_moments=1.0, complement_kernel=1.0)
+    model = build_model(ce_config(complement_whiten=True, **kw), ds).train()
+    assert set(model.comp_white) == set(ATTRS) and model.part_white is None
+    assert model.comp_white["identity"].cov.shape == (20 - DIMS["identity"],) * 2
+    opts = {k: s.build() for k, s in model.optimizers().items()}
+    batch = ds.batch(range(16))
+    run_step(model, opts, batch, 0, 4)                       # stage 1: no statistics yet
+    assert int(model.comp_white["pose"].updates) == 0
+    seen = run_step(model, opts, batch, 3, 4)
+    assert {g for g, _ in seen} == {"complement_adv", "factor"}
+    assert all(int(w.updates) == 1 for w in model.comp_white.values())
+    assert "comp_white.pose.cov" in model.state_dict()
+    f = model.encode(batch.image)
+    white = model.comp_white["expression"](model.complement(f, "expression"))
+    assert torch.allclose(model._complement_seen(f, "expression"), white)
+    plain = build_model(ce_config(**kw), ds)
+    assert plain.comp_white is None and torch.equal(plain._complement_seen(f, "expression"),
+                                                    plain.complement(f, "expression"))
+    per_part = build_model(ce_config(complement_whiten=True, complement_per_part=True, **kw), ds)
+    assert set(per_part.part_white) == set(DIMS)
+    # evaluation does not move the statistics
+    model.eval()
+    before = model.comp_white["pose"].cov.clone()
+    model._update_whitening(model.encode(batch.image))
+    assert torch.equal(model.comp_white["pose"].cov, before)

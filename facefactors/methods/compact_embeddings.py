@@ -50,6 +50,13 @@ G(Phi^-1(f)). Losses:
   holds something besides its label (illumination in f_id, identity in f_e); fresh probes read
   those from the complements of the other attributes. Driving the share down makes each part a
   code of its own label, so that other attributes must live in ``rest`` only.
+- ``complement_whiten`` (not in the paper; off by default): the complement adversaries, the
+  confusion and both dependence terms see each f_not_a (per part q with ``complement_per_part``)
+  whitened by running statistics (``nn.whitening.RunningWhitening``, buffers ``comp_white`` /
+  ``part_white``). Raw, these terms are ruled by the high-variance directions, so the factor
+  network hides a in directions of small variance (illumination within an identity in f_id),
+  where a fresh probe that standardises its input still reads it; whitened, every direction
+  counts the same and shrinking one does not hide it (BENCHMARKS.md).
 
 Phi and Phi^-1 are linear maps plus residual MLPs whose last layer starts at zero; the linear
 maps start orthogonal and transposed, so Phi^-1(Phi(z)) = z exactly before stage 2 and
@@ -106,6 +113,7 @@ from facefactors.nn.losses import label_dependence, label_kernel_dependence, wit
 from facefactors.nn.critics import PatchCritic
 from facefactors.nn.decoders import VectorDecoder
 from facefactors.nn.encoders import VectorEncoder
+from facefactors.nn.whitening import RunningWhitening
 
 DEFAULT_PART_DIM = 32
 MIN_REST_DIM = 8
@@ -150,6 +158,7 @@ class CompactEmbeddingsParams(MethodParams):
     complement_kernel: float = 0.0        # weight of the kernel alignment of each f_not_p with p's labels
     complement_per_part: bool = False     # measure those two on each part of f_not_p, not on the concatenation
     part_compactness: float = 0.0         # weight of the within-class variance share of each discrete part
+    complement_whiten: bool = False       # the complement terms see whitened codes (nn.whitening)
 
 
 # ---------------------------------------------------------------------------- losses
@@ -320,6 +329,12 @@ class CompactEmbeddings(Method):
             self.comp_adv = nn.ModuleDict({
                 a: MLPHead(total - self.dims[a], k or len(self.regress[a]), p.complement_adv_hidden, layers=2)
                 for a, k in self.attr_classes.items()})
+        # whitening of what the complement terms see: per attribute its complement, per part for per-part terms
+        self.comp_white = self.part_white = None
+        if p.complement_whiten and self.attributes:
+            self.comp_white = nn.ModuleDict({a: RunningWhitening(total - self.dims[a]) for a in self.attributes})
+            if p.complement_per_part:
+                self.part_white = nn.ModuleDict({q: RunningWhitening(d) for q, d in self.dims.items()})
 
     @staticmethod
     def _check_params(p: CompactEmbeddingsParams) -> None:
@@ -473,11 +488,29 @@ class CompactEmbeddings(Method):
             return self._target(labels, a)
         return self.reg_stats[a].standardise(self._regression_targets(labels, a))
 
+    def _complement_seen(self, f: Latent, a: str) -> torch.Tensor:
+        """f_not_a as the complement terms see it: whitened with ``complement_whiten``."""
+        c = self.complement(f, a)
+        return self.comp_white[a](c) if self.comp_white is not None else c
+
+    def _part_seen(self, f: Latent, q: str) -> torch.Tensor:
+        """Part q as the per-part complement terms see it: whitened with ``complement_whiten``."""
+        x = f[q].flatten(1)
+        return self.part_white[q](x) if self.part_white is not None else x
+
+    def _update_whitening(self, f: Latent) -> None:
+        if not self.training:
+            return
+        for a, w in (self.comp_white or {}).items():
+            w.update(self.complement(f, a))
+        for q, w in (self.part_white or {}).items():
+            w.update(f[q])
+
     def complement_adversary_loss(self, f: Latent, labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The adversaries' own loss on the (detached) complements: how well f_not_a predicts a."""
         terms = []
         for a, head in self.comp_adv.items():
-            out = head(self.complement(f, a).detach()).float()
+            out = head(self._complement_seen(f, a).detach()).float()
             t = self._complement_target(labels, a)
             terms.append(F.cross_entropy(out, t) if self.attr_classes[a] else F.mse_loss(out, t))
         return sum(terms) / len(terms)
@@ -487,7 +520,7 @@ class CompactEmbeddings(Method):
         terms = []
         with frozen(self.comp_adv):
             for a, head in self.comp_adv.items():
-                out = head(self.complement(f, a)).float()
+                out = head(self._complement_seen(f, a)).float()
                 terms.append(uniform_cross_entropy(out) if self.attr_classes[a] else out.pow(2).mean())
         return sum(terms) / len(terms)
 
@@ -501,9 +534,9 @@ class CompactEmbeddings(Method):
         for a in self.attributes:
             target, classes = self._complement_target(labels, a), self.attr_classes[a]
             if self.params.complement_per_part:
-                terms += [measure(f[q].flatten(1), target, classes) for q in self.complement_parts(a)]
+                terms += [measure(self._part_seen(f, q), target, classes) for q in self.complement_parts(a)]
             else:
-                terms.append(measure(self.complement(f, a), target, classes))
+                terms.append(measure(self._complement_seen(f, a), target, classes))
         return sum(terms) / len(terms)
 
     def part_compactness(self, f: Latent, labels: Mapping[str, torch.Tensor]) -> torch.Tensor:
@@ -595,6 +628,7 @@ class CompactEmbeddings(Method):
                 out["gen"] = p.gen * gan_g_loss(self.image_dis(x_gen))
         if stage == 2:
             f = self.phi(z)
+            self._update_whitening(f)
             yield from self._train_complement_adversaries(f, labels)
             out.update(self.factor_losses(z, labels, f))
         if out:
@@ -608,6 +642,7 @@ class CompactEmbeddings(Method):
         self._update_stats(labels)
         with frozen(*self._stage1_modules()):
             f = self.phi(z)
+            self._update_whitening(f)
             yield from self._train_complement_adversaries(f, labels)
             losses = self.factor_losses(z, labels, f)
             if losses:
