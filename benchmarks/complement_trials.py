@@ -47,6 +47,8 @@ def main() -> None:
     ap.add_argument("--kernel", type=float, default=0.0)
     ap.add_argument("--per-part", action="store_true")
     ap.add_argument("--whiten", action="store_true", help="the complement terms see whitened codes")
+    ap.add_argument("--carry", nargs="*", default=[], metavar="PART=LABEL",
+                    help="continuous labels a class part also regresses, e.g. illumination=light_strength")
     ap.add_argument("--compactness", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--probe-test", choices=("test", "train"), default="test",
@@ -62,6 +64,12 @@ def main() -> None:
                           complement_adv_hidden=args.adv_hidden, zrec=args.zrec, f=args.f, complement_moments=args.moments,
                           complement_kernel=args.kernel, complement_per_part=args.per_part, complement_whiten=args.whiten,
                           part_compactness=args.compactness, cyc=0.0, aug=0.0)
+    carry: dict[str, list[str]] = {}
+    for item in args.carry:
+        part, _, label = item.partition("=")
+        carry.setdefault(part, []).append(label)
+    if carry:
+        cfgd["method"]["carry"] = carry
     if args.rest_dim:
         cfgd["model"]["part_dims"] = dict(cfgd["model"]["part_dims"], rest=args.rest_dim)
     model = build_model(build_dataclass(RunConfig, cfgd), ds)

@@ -456,3 +456,30 @@ def test_complement_whiten_feeds_whitened_complements_to_every_term(ds):
     before = model.comp_white["pose"].cov.clone()
     model._update_whitening(model.encode(batch.image))
     assert torch.equal(model.comp_white["pose"].cov, before)
+
+
+def test_whitened_config_gives_stage2_the_rest_of_the_budget():
+    """compact_embeddings_synthfaces_S_whitened.yaml: the complement terms on whitened codes, L_f 4,
+    no L_cyc / L_aug, stage 1 at the 1,500 steps of the recorded S/J runs, then stage 2 until
+    the 30-minute budget ends the run."""
+    cfg = load_config(CONFIGS / "compact_embeddings_synthfaces_S_whitened.yaml")
+    m = cfg.method
+    assert m["mode"] == "S" and m["complement_whiten"] is True and m["f"] == 4.0
+    assert (m["cyc"], m["aug"]) == (0.0, 0.0)
+    assert (m["complement_adv"], m["complement_moments"], m["complement_kernel"], m["part_compactness"]) == \
+        (1.0, 1.0, 10.0, 1.0)
+    assert cfg.train.time_budget_min == 30 and cfg.data["size"] == 64
+    tiny = generate(SynthFacesConfig(n=24, size=64, n_identities=4, seed=0))
+    model = build_model(cfg, tiny)
+    assert model.stage1_steps(cfg.train.steps) == 1500
+    assert set(model.comp_white) == {"pose", "identity", "expression", "illumination"}
+
+
+def test_j_whitened_config_keeps_the_joint_objective():
+    cfg = load_config(CONFIGS / "compact_embeddings_synthfaces_J_whitened.yaml")
+    m = cfg.method
+    assert m["mode"] == "J" and m["complement_whiten"] is True and m["f"] == 4.0
+    assert (m["cyc"], m["aug"], m["joint_stage1"]) == (1.0, 1.0, True)
+    assert cfg.train.time_budget_min == 30
+    model = build_model(cfg, generate(SynthFacesConfig(n=24, size=64, n_identities=4, seed=0)))
+    assert model.stage1_steps(cfg.train.steps) == 1500

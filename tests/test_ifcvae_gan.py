@@ -173,6 +173,30 @@ def test_aux_moments_take_y_out_of_z_means(ds):
     assert loss.item() < 0.5 * first
 
 
+def test_aux_whiten_measures_the_moments_on_whitened_means(ds):
+    """``aux_whiten``: the training step folds z's means into running whitening statistics and
+    measures aux_moments on the whitened means; evaluation leaves the statistics alone."""
+    from facefactors.nn.losses import label_dependence
+    torch.manual_seed(0)
+    model = build_model(if_config(rec=0.0, kl=0.0, cls=0.0, gan=0.0, aux=0.0, aux_moments=1.0,
+                                  aux_whiten=True), ds).train()
+    assert model.aux_white is not None and "aux_white.cov" in model.state_dict()
+    batch = ds.batch(range(64))
+    out = dict(model.train_step(batch, 0, 10))["autoencoder"]
+    assert int(model.aux_white.updates) == 1
+    mu, _, _ = model._split(model.encoder(batch.image))
+    white = model.aux_white(mu)
+    expected = sum(label_dependence(white, batch.labels[a], sp.num_classes if sp.discrete else 0)
+                   for a, sp in model.specs.items()) / len(model.specs)
+    assert out["aux_mom"].item() == pytest.approx(expected.item(), rel=1e-4)
+    out["aux_mom"].backward()
+    assert has_grad(model.encoder) and no_grad(model.decoder)
+    model.eval()
+    dict(model.train_step(batch, 0, 10))
+    assert int(model.aux_white.updates) == 1
+    assert build_model(if_config(aux_moments=0.0, aux_whiten=True), ds).aux_white is None
+
+
 def test_discriminator_and_generator_gradients_are_separate(ds):
     torch.manual_seed(0)
     model = build_model(if_config(rec=0.0, kl=0.0, cls=0.0, aux=0.0, gan=1.0), ds).train()

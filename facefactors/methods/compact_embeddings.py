@@ -50,6 +50,11 @@ G(Phi^-1(f)). Losses:
   holds something besides its label (illumination in f_id, identity in f_e); fresh probes read
   those from the complements of the other attributes. Driving the share down makes each part a
   code of its own label, so that other attributes must live in ``rest`` only.
+- ``carry`` (not in the paper; empty by default): for a cross-entropy or triplet part, continuous
+  labels that its first dims also regress (standardised, added to the part's L_f), such as
+  illumination -> light_strength. The within-class variation of an attribute then has a home in
+  its own part; without one, z reconstruction puts it into ``rest`` or the other parts, where it
+  reveals the class (BENCHMARKS.md).
 - ``complement_whiten`` (not in the paper; off by default): the complement adversaries, the
   confusion and both dependence terms see each f_not_a (per part q with ``complement_per_part``)
   whitened by running statistics (``nn.whitening.RunningWhitening``, buffers ``comp_white`` /
@@ -149,6 +154,7 @@ class CompactEmbeddingsParams(MethodParams):
     triplet_margin: float = 0.2
     triplet_mining: str = "all"           # all: mean over active triplets; hard: batch-hard
     regress: dict[str, list[str]] = field(default_factory=dict)  # part -> continuous labels it regresses
+    carry: dict[str, list[str]] = field(default_factory=dict)    # not in the paper: class part -> continuous labels its first dims regress too
     stats_momentum: float = 0.01          # running mean/std of the regression targets
     # not in the paper: adversaries on the complements f_not_p (0 switches them off)
     complement_adv: float = 0.0           # weight of the uniform-posterior loss on each f_not_p
@@ -294,12 +300,17 @@ class CompactEmbeddings(Method):
             if not kinds[a].discrete:
                 raise ValueError(f"triplet part {a!r} needs a categorical attribute")
         self.ce = {a: kinds[a].num_classes for a in self.attributes if a not in self.regress and a not in self.triplet}
+        unknown = [a for a in p.carry if a not in known]   # the carried labels are checked per batch (_target)
+        if unknown:
+            raise ValueError(f"method.carry names {unknown[0]!r}, which is not an attribute of the dataset; "
+                             f"modelled: {', '.join(self.attributes)}")
+        self.carry = {a: list(p.carry[a]) for a in self.attributes if a in p.carry and a not in self.regress}
         self.dims = self._part_dims(setup, p)
         total = sum(self.dims.values())
         if total < p.z_dim:
             raise ValueError(f"the parts hold {total} numbers ({self.dims}) but z_dim is {p.z_dim}: the factor "
                              "network could not be invertible; enlarge model.part_dims or lower method.z_dim")
-        for a, targets in self.regress.items():
+        for a, targets in [*self.regress.items(), *self.carry.items()]:
             if self.dims[a] < len(targets):
                 raise ValueError(f"part {a!r} has {self.dims[a]} dims but regresses {len(targets)} labels {targets}")
 
@@ -321,6 +332,7 @@ class CompactEmbeddings(Method):
             self.factor_inv.linear.weight.copy_(self.factor.linear.weight.T)
         self.heads = nn.ModuleDict({a: nn.Linear(self.dims[a], k) for a, k in self.ce.items()})
         self.reg_stats = nn.ModuleDict({a: RunningStats(len(t), p.stats_momentum) for a, t in self.regress.items()})
+        self.carry_stats = nn.ModuleDict({a: RunningStats(len(t), p.stats_momentum) for a, t in self.carry.items()})
         # complement adversaries: the attribute's own label where it is discrete (pose is
         # categorical on SynthFaces even though its part regresses yaw and roll), else regression
         self.comp_adv = None
@@ -481,6 +493,10 @@ class CompactEmbeddings(Method):
                 out[a] = triplet_loss(f[a], y, p.triplet_margin, p.triplet_mining)
             else:
                 out[a] = F.cross_entropy(self.heads[a](f[a]).float(), y)
+            if a in self.carry:
+                t = torch.stack([self._target(labels, c).float() for c in self.carry[a]], dim=1)
+                t = self.carry_stats[a].standardise(t if idx is None else t[idx])
+                out[a] = out[a] + F.mse_loss(f[a][:, :t.shape[1]].float(), t)
         return out
 
     def _complement_target(self, labels: Mapping[str, torch.Tensor], a: str) -> torch.Tensor:
@@ -585,6 +601,8 @@ class CompactEmbeddings(Method):
         if self.training:
             for a in self.regress:
                 self.reg_stats[a].update(self._regression_targets(labels, a))
+            for a, names in self.carry.items():
+                self.carry_stats[a].update(torch.stack([self._target(labels, c).float() for c in names], dim=1))
 
     def _set_stage1_training(self, on: bool) -> None:
         if self.training:

@@ -35,6 +35,9 @@ encoder and decoder; ``aux_steps`` updates of A per step; ``aux_moments`` weighs
 penalty on how much y explains each dim of z's means within the batch (between-class variance
 share and class variance mismatch, ``nn.losses.label_dependence``): equal class-conditional
 means leave a fresh linear probe nothing to read, where fooling the current A need not.
+``aux_whiten`` measures it on the means whitened by running statistics
+(``nn.whitening.RunningWhitening``, buffers ``aux_white``), so y kept in directions of small
+variance counts as much as y kept in large ones.
 """
 from __future__ import annotations
 
@@ -55,6 +58,7 @@ from facefactors.nn.classifiers import MLPHead
 from facefactors.nn.decoders import VectorDecoder
 from facefactors.nn.encoders import ConvTrunk, VectorEncoder
 from facefactors.nn.losses import label_dependence
+from facefactors.nn.whitening import RunningWhitening
 
 DEFAULT_Z_DIM = 100
 LOGVAR_RANGE = (-12.0, 6.0)
@@ -82,6 +86,7 @@ class IFcVAEGANParams(MethodParams):
     aux_layers: int = 2
     aux_steps: int = 1                # updates of A per step
     aux_moments: float = 0.0          # not in the paper: label dependence of z's means (nn.losses.label_dependence)
+    aux_whiten: bool = False          # not in the paper: aux_moments on whitened means (nn.whitening)
     dis_width: int = 0                # discriminator conv width (0: model width)
     dis_norm: str = "batch"
     warmup: float = 0.0               # fraction of training before the aux and GAN terms reach E and D
@@ -200,6 +205,7 @@ class IFcVAEGAN(Method):
             raise RuntimeError("VectorDecoder no longer ends in tanh; ifcvae_gan needs its pre-activation")
         self.decoder.up.net[-1] = nn.Identity()      # decode applies tanh; training uses the pre-activation
         self.aux_net = MLPHead(self.z_dim, n_y, p.aux_hidden, p.aux_layers)
+        self.aux_white = RunningWhitening(self.z_dim) if p.aux_whiten and p.aux_moments > 0 else None
         self.discriminator = (ConvDiscriminator(setup.image_size, setup.channels, p.dis_width or setup.width,
                                                 p.dis_norm) if p.gan > 0 else None)
 
@@ -327,8 +333,13 @@ class IFcVAEGAN(Method):
             else:
                 out["aux"] = s * p.aux * self._aux_losses(a_logits, labels, confuse=True)
         if p.aux_moments > 0 and s > 0:
+            seen = mu
+            if self.aux_white is not None:
+                if self.training:
+                    self.aux_white.update(mu)
+                seen = self.aux_white(mu)
             out["aux_mom"] = s * p.aux_moments * sum(
-                label_dependence(mu, labels[a], sp.num_classes if sp.discrete else 0)
+                label_dependence(seen, labels[a], sp.num_classes if sp.discrete else 0)
                 for a, sp in self.specs.items()) / len(self.specs)
         if self.discriminator is not None and s > 0:
             f_rec, f_p = frozen_forward(self.discriminator, x_rec), frozen_forward(self.discriminator, x_p)
