@@ -483,3 +483,38 @@ def test_j_whitened_config_keeps_the_joint_objective():
     assert cfg.train.time_budget_min == 30
     model = build_model(cfg, generate(SynthFacesConfig(n=24, size=64, n_identities=4, seed=0)))
     assert model.stage1_steps(cfg.train.steps) == 1500
+
+
+def test_carry_regresses_within_class_labels_in_the_first_dims_of_a_class_part(ds):
+    """``carry``: a cross-entropy part also regresses continuous labels (standardised) in its first
+    dims, added to its L_f; the statistics are running buffers; unknown parts and labels are named."""
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    model = build_model(ce_config(mode="S", stage1_fraction=0.5, cyc=0.0, aug=0.0,
+                                  carry={"illumination": ["light_strength"]}), ds).train()
+    plain = build_model(ce_config(mode="S", stage1_fraction=0.5, cyc=0.0, aug=0.0), ds)
+    assert model.carry == {"illumination": ["light_strength"]} and "carry_stats.illumination.mean" in model.state_dict()
+    assert not any(k.startswith("carry_stats") for k in plain.state_dict())
+    plain.load_state_dict(model.state_dict(), strict=False)
+    batch = ds.batch(range(16))
+    model._update_stats(batch.labels)
+    f = model.encode(batch.image)
+    with_carry = model.attribute_losses(f, batch.labels)["illumination"]
+    without = plain.attribute_losses(f, batch.labels)["illumination"]
+    t = model.carry_stats["illumination"].standardise(batch.labels["light_strength"].float()[:, None])
+    torch.testing.assert_close(with_carry - without, F.mse_loss(f["illumination"][:, :1], t))
+    assert int(model.carry_stats["illumination"].updates) == 1
+    with pytest.raises(FacefactorsError, match="carry names 'hair'"):
+        build_model(ce_config(carry={"hair": ["yaw"]}), ds)
+    with pytest.raises(FacefactorsError, match="no_such_label"):
+        m = build_model(ce_config(mode="S", stage1_fraction=0.5, carry={"illumination": ["no_such_label"]}), ds)
+        dict(m.train().train_step(batch, 3, 4))
+
+
+def test_whitened_batch64_config_sees_the_same_stage1_images():
+    base = load_config(CONFIGS / "compact_embeddings_synthfaces_S_whitened.yaml")
+    cfg = load_config(CONFIGS / "compact_embeddings_synthfaces_S_whitened_batch64.yaml")
+    assert cfg.method == base.method and cfg.train.batch_size == 64
+    model = build_model(cfg, generate(SynthFacesConfig(n=24, size=64, n_identities=4, seed=0)))
+    images = model.stage1_steps(cfg.train.steps) * cfg.train.batch_size
+    assert images == model.stage1_steps(base.train.steps) * base.train.batch_size == 48000
