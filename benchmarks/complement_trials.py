@@ -114,12 +114,11 @@ def main() -> None:
         for attr in res if f"label/{attr}" in a}
     # the same reading from the direction and from the length of each part: the triplet loss and
     # part_compactness see identity L2-normalised, so its length is free to carry anything
-    unit = {s: {q: v / np.linalg.norm(v, axis=1, keepdims=True).clip(1e-8) for q, v in
-                ((k[5:], x[k]) for k in x if k.startswith("part/"))} for s, x in (("a", a), ("b", b))}
-    norm = {s: {q: np.linalg.norm(x[f"part/{q}"], axis=1, keepdims=True) for q in model.part_names}
-            for s, x in (("a", a), ("b", b))}
-    for tag, feats in (("mlp_leak_by_direction", unit), ("mlp_leak_by_length", norm)):
-        out[tag] = {attr: {q: round(probe_score("mlp", feats["a"][q], a[f"label/{attr}"], feats["b"][q],
+    length = {s: {q: np.linalg.norm(x[f"part/{q}"], axis=1, keepdims=True).clip(1e-8) for q in model.part_names}
+              for s, x in (("a", a), ("b", b))}
+    for tag, view in (("mlp_leak_by_direction", lambda s, x, q: x[f"part/{q}"] / length[s][q]),
+                      ("mlp_leak_by_length", lambda s, x, q: length[s][q])):
+        out[tag] = {attr: {q: round(probe_score("mlp", view("a", a, q), a[f"label/{attr}"], view("b", b, q),
                                                 b[f"label/{attr}"])["normalized"], 2) for q in model.part_names}
                     for attr in res if f"label/{attr}" in a}
     print(json.dumps(out))

@@ -472,8 +472,11 @@ class CompactEmbeddings(Method):
                                    f"but the dataset has only: {', '.join(labels)}")
         return labels[name]
 
-    def _regression_targets(self, labels: Mapping[str, torch.Tensor], part: str) -> torch.Tensor:
-        return torch.stack([self._target(labels, t).float() for t in self.regress[part]], dim=1)
+    def _regression_targets(self, labels: Mapping[str, torch.Tensor], part: str, carried: bool = False
+                            ) -> torch.Tensor:
+        """(B, T) continuous labels the part regresses (``carried``: those it carries beside its class)."""
+        names = self.carry[part] if carried else self.regress[part]
+        return torch.stack([self._target(labels, t).float() for t in names], dim=1)
 
     def attribute_losses(self, f: Latent, labels: Mapping[str, torch.Tensor],
                          perms: Mapping[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
@@ -494,7 +497,7 @@ class CompactEmbeddings(Method):
             else:
                 out[a] = F.cross_entropy(self.heads[a](f[a]).float(), y)
             if a in self.carry:
-                t = torch.stack([self._target(labels, c).float() for c in self.carry[a]], dim=1)
+                t = self._regression_targets(labels, a, carried=True)
                 t = self.carry_stats[a].standardise(t if idx is None else t[idx])
                 out[a] = out[a] + F.mse_loss(f[a][:, :t.shape[1]].float(), t)
         return out
@@ -601,8 +604,8 @@ class CompactEmbeddings(Method):
         if self.training:
             for a in self.regress:
                 self.reg_stats[a].update(self._regression_targets(labels, a))
-            for a, names in self.carry.items():
-                self.carry_stats[a].update(torch.stack([self._target(labels, c).float() for c in names], dim=1))
+            for a in self.carry:
+                self.carry_stats[a].update(self._regression_targets(labels, a, carried=True))
 
     def _set_stage1_training(self, on: bool) -> None:
         if self.training:
