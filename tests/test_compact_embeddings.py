@@ -518,3 +518,39 @@ def test_whitened_batch64_config_sees_the_same_stage1_images():
     model = build_model(cfg, generate(SynthFacesConfig(n=24, size=64, n_identities=4, seed=0)))
     images = model.stage1_steps(cfg.train.steps) * cfg.train.batch_size
     assert images == model.stage1_steps(base.train.steps) * base.train.batch_size == 48000
+
+
+def losses_of(model, batch, step, total, state, seed=0):
+    """The losses of one training step from model state ``state``, without optimiser steps."""
+    model.load_state_dict(state)
+    torch.manual_seed(seed)
+    return {group: {k: v.detach() for k, v in losses.items()}
+            for group, losses in model.train_step(batch, step, total)}
+
+
+def test_stage1_batch_uses_the_first_images_in_stage1_and_all_in_stage2(ds):
+    """``stage1_batch``: stage 1 trains on the first n images of each batch, stage 2 on all."""
+    torch.manual_seed(0)
+    model = build_model(ce_config(mode="S", stage1_fraction=0.5, cyc=0.0, aug=0.0, stage1_batch=8), ds).train()
+    whole = build_model(ce_config(mode="S", stage1_fraction=0.5, cyc=0.0, aug=0.0), ds).train()
+    state = snapshot(model)
+    batch, first = ds.batch(range(16)), ds.batch(range(8))
+    for step, ref_batch, group in ((1, first, "autoencoder"), (3, batch, "factor")):
+        ours, ref = losses_of(model, batch, step, 4, state), losses_of(whole, ref_batch, step, 4, state)
+        assert set(ours) == set(ref) and group in ours
+        for g in ref:
+            for k, v in ref[g].items():
+                torch.testing.assert_close(ours[g][k], v)
+    assert ours["factor"]["f_identity"] != losses_of(whole, first, 3, 4, state)["factor"]["f_identity"]
+    with pytest.raises(FacefactorsError, match="stage1_batch"):
+        build_model(ce_config(stage1_batch=-1), ds)
+
+
+def test_whitened_stage2_batch64_config_keeps_stage1_at_batch32():
+    base = load_config(CONFIGS / "compact_embeddings_synthfaces_S_whitened.yaml")
+    cfg = load_config(CONFIGS / "compact_embeddings_synthfaces_S_whitened_stage2_batch64.yaml")
+    assert cfg.train.batch_size == 64 and cfg.method["stage1_batch"] == base.train.batch_size == 32
+    same = lambda m: {k: v for k, v in m.items() if k not in ("stage1_fraction", "stage1_batch")}  # noqa: E731
+    assert same(cfg.method) == same(base.method)
+    model = build_model(cfg, generate(SynthFacesConfig(n=24, size=64, n_identities=4, seed=0)))
+    assert model.stage1_steps(cfg.train.steps) == model.stage1_steps(base.train.steps) == 1500

@@ -79,6 +79,10 @@ Training modes (``mode``), within one run of the shared trainer:
   Phi(E(x)) and through the decode / re-encode cycle). With ``joint_stage1`` the stage-1
   losses continue alongside. ``stage1_fraction: 0`` trains everything jointly from the start.
 
+``stage1_batch`` (not in the paper) lets the stages differ in batch size within one trainer
+batch: stage 1 uses the first n images of each batch, stage 2 all of them. The complement terms
+are estimated within a batch and want more images than the GAN of stage 1 trains well on.
+
 Complements. The complement f_not_p of a part p is the concatenation of every other part
 (``complement_parts(p)``, ``complement(z, p)``), not an extra Latent part: the parts already
 partition the representation, so ``decode`` takes exactly what ``encode`` gives, and
@@ -133,6 +137,7 @@ class CompactEmbeddingsParams(MethodParams):
     dis_lr: float = 2e-5                  # latent and image discriminators
     mode: str = "S"                       # S: stages separately; J: stage 1, then jointly
     stage1_fraction: float = 0.5          # fraction of the steps that train stage 1 alone
+    stage1_batch: int = 0                 # not in the paper: stage 1 uses the first n images of each batch (0: all)
     joint_stage1: bool = True             # J: keep the stage-1 losses during joint training
     z_dim: int = 99                       # the paper: 3 + 3 x 32
     # stage 1 (weights; 0 switches a term off)
@@ -352,6 +357,8 @@ class CompactEmbeddings(Method):
     def _check_params(p: CompactEmbeddingsParams) -> None:
         if p.mode not in MODES:
             raise ValueError(f"method.mode={p.mode!r}: use S (separate stages) or J (joint)")
+        if p.stage1_batch < 0:
+            raise ValueError(f"method.stage1_batch={p.stage1_batch!r} must be >= 0 (0: the whole batch)")
         if not 0.0 <= p.stage1_fraction <= 1.0:
             raise ValueError(f"method.stage1_fraction={p.stage1_fraction!r} must be in [0, 1]")
         if p.rec_loss not in ("mse", "l1"):
@@ -616,6 +623,9 @@ class CompactEmbeddings(Method):
         p = self.params
         x, labels = batch.image, batch.labels
         stage = self.stage(step, total_steps)
+        if stage == 1 and 0 < p.stage1_batch < x.shape[0]:
+            n = p.stage1_batch
+            x, labels = x[:n], {k: v[:n] for k, v in labels.items()}
         if stage == 2 and p.mode == "S":
             # stage 2 on the frozen autoencoder: eval mode, no parameter gradients, no stage-1 steps
             self._set_stage1_training(False)
