@@ -553,4 +553,4 @@ def test_whitened_stage2_batch64_config_keeps_stage1_at_batch32():
     same = lambda m: {k: v for k, v in m.items() if k not in ("stage1_fraction", "stage1_batch")}  # noqa: E731
     assert same(cfg.method) == same(base.method)
     model = build_model(cfg, generate(SynthFacesConfig(n=24, size=64, n_identities=4, seed=0)))
-    assert model.stage1_steps(cfg.train.steps) == model.stage1_steps(base.train.steps) == 1500
+    assert model.stage1_steps(cfg.train.steps) == 1500  # as in the base config: 0.05 x 30000
