@@ -197,6 +197,54 @@ def test_aux_whiten_measures_the_moments_on_whitened_means(ds):
     assert build_model(if_config(aux_moments=0.0, aux_whiten=True), ds).aux_white is None
 
 
+def test_switched_labels_flip_binary_and_change_every_categorical_class():
+    blobs = blobs_dataset(n=32, size=32)
+    cfg = build_dataclass(RunConfig, {"model": {"method": "ifcvae_gan", "attributes": ["colour", "place"],
+                                                "width": 8, "part_dims": {"rest": 6}}})
+    model = build_model(cfg, blobs)
+    labels = blobs.batch(range(32)).labels
+    torch.manual_seed(0)
+    out = model.switched_labels(labels)
+    for a, spec in model.specs.items():
+        assert (out[a] != labels[a]).all() and (out[a] >= 0).all() and (out[a] < spec.num_classes).all()
+    flipped = build_model(if_config(), make_dataset({"name": "synthfaces", "size": 32, "n": 8, "derived": ["smile"]}))
+    y = {"glasses": torch.tensor([0, 1, 1]), "smile": torch.tensor([1, 0, 0])}
+    assert {a: v.tolist() for a, v in flipped.switched_labels(y).items()} == {"glasses": [1, 0, 0], "smile": [0, 1, 1]}
+
+
+def test_cls_edit_trains_the_decoder_to_render_switched_attributes(ds):
+    """``cls_edit``: the first ``edit_images`` images decoded with every attribute switched are
+    classified by the frozen y-hat head; the loss reaches the decoder (and z), never the encoder's
+    weights through the classifier, and descent on it makes y-hat read the switched values."""
+    torch.manual_seed(0)
+    model = build_model(if_config(rec=0.0, kl=0.0, cls=0.0, gan=0.0, aux=0.0, cls_edit=1.0, edit_images=8),
+                        ds).train()
+    batch = ds.batch(range(16))
+    out = dict(model.train_step(batch, 0, 10))["autoencoder"]
+    assert set(out) == {"cls_edit"}
+    mu, _, _ = model._split(model.encoder(batch.image))
+    model.zero_grad(set_to_none=True)
+    model._edit_loss(mu.detach(), batch.labels).backward()
+    assert has_grad(model.decoder) and no_grad(model.encoder)
+
+    def switched_read():
+        with torch.no_grad():
+            target = model.switched_labels({a: batch.labels[a][:8] for a in model.specs})
+            x = torch.tanh(model._decode_pre(model.label_codes(target), mu[:8].detach()))
+            _, _, logits = model._split(model.encoder(x))
+            return float(sum(((logits[a].reshape(-1) > 0).long() == target[a]).float().mean() for a in model.specs))
+
+    before = switched_read()
+    opt = torch.optim.Adam(model.decoder.parameters(), lr=1e-2)
+    for _ in range(40):
+        opt.zero_grad()
+        model._edit_loss(mu.detach(), batch.labels).backward()
+        opt.step()
+    assert switched_read() == 2.0 > before
+    with pytest.raises(FacefactorsError, match="edit_images"):
+        build_model(if_config(edit_images=-1), ds)
+
+
 def test_discriminator_and_generator_gradients_are_separate(ds):
     torch.manual_seed(0)
     model = build_model(if_config(rec=0.0, kl=0.0, cls=0.0, aux=0.0, gan=1.0), ds).train()
@@ -234,6 +282,7 @@ def test_bce_reconstruction_matches_pixel_bce():
     ("ifcvae_gan_synthfaces_confuse.yaml", {"aux_mode": "confuse"}),
     ("ifcvae_gan_synthfaces_confuse_moments.yaml", {"aux_mode": "confuse", "aux_moments": 1.0}),
     ("ifcvae_gan_synthfaces_moments.yaml", {"aux": 0.0, "aux_moments": 1.0}),
+    ("ifcvae_gan_synthfaces_cls_edit.yaml", {"cls_edit": 1.0}),
 ])
 def test_configs(name, differs, ds):
     cfg = load_config(CONFIGS / name)

@@ -26,6 +26,11 @@ Losses (paper Eq. 3-6, Algorithm 1), every weight switchable (0 turns a term off
   (``gan_loss: minimax``: ``-delta * L_gan`` as written in Eq. 3-4);
 - ``cls_rec``: the classification loss on reconstructions, y-hat(x_rec) against y (Table 1
   row 3; off by default).
+- ``cls_edit`` (not in the paper; off by default): the first ``edit_images`` images are decoded
+  with every attribute switched (binary: 1 - y; categorical: another class at random), and the
+  encoder's classifier, frozen, must read the switched values. It trains the decoder to take the
+  attributes from y even where z still holds them, the property an edit needs, instead of
+  emptying z of them, which costs reconstruction (BENCHMARKS.md).
 
 Weights: the paper's Table 1 uses rho = 0.1, delta = 0.1, alpha = 0.2; sharp reconstructions use
 alpha = delta = 0.005 (the residual model, Table 3). Official: 64 px, nz = 100, RMSprop 2e-4,
@@ -81,6 +86,8 @@ class IFcVAEGANParams(MethodParams):
     aux: float = 1.0                  # weight of -L_aux in the encoder loss (0: the naive cVAE-GAN)
     aux_mode: str = "max"             # max: -L_aux (the paper) | confuse: CE to the uniform posterior
     cls_rec: float = 0.0              # classification loss on reconstructions (Table 1 row 3)
+    cls_edit: float = 0.0             # not in the paper: classification loss on edits (flipped y), frozen y-hat
+    edit_images: int = 16             # cls_edit: the first n images of each batch are edited (0: all)
     gan_loss: str = "nonsaturating"   # nonsaturating | minimax (-delta * L_gan)
     aux_hidden: int = 256             # A: hidden units (0: linear)
     aux_layers: int = 2
@@ -187,6 +194,8 @@ class IFcVAEGAN(Method):
                 raise ValueError(f"method.{key}={getattr(p, key)!r}: use {' or '.join(allowed)}")
         if p.aux_steps < 1:
             raise ValueError(f"method.aux_steps={p.aux_steps} must be at least 1")
+        if p.edit_images < 0:
+            raise ValueError(f"method.edit_images={p.edit_images} must be >= 0 (0: the whole batch)")
         self.specs = {a.name: a for a in setup.attributes}
         self.y_dims = {a.name: (1 if a.kind == "binary" else a.num_classes) for a in setup.attributes}
         names = list(self.specs) + ["rest"]
@@ -293,6 +302,26 @@ class IFcVAEGAN(Method):
                  for a, s in self.specs.items()]
         return sum(terms) / len(terms)
 
+    def switched_labels(self, labels: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Every attribute switched: binary 1 - y, categorical a uniformly drawn other class."""
+        out = {}
+        for a, spec in self.specs.items():
+            t = labels[a].long()
+            if spec.kind == "binary":
+                out[a] = 1 - t
+            else:
+                shift = torch.randint(1, spec.num_classes, t.shape).to(t.device)
+                out[a] = (t + shift) % spec.num_classes
+        return out
+
+    def _edit_loss(self, z: torch.Tensor, labels: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The frozen classifier's loss on decodings of z with every attribute switched."""
+        n = self.params.edit_images or z.shape[0]
+        target = self.switched_labels({a: labels[a][:n] for a in self.specs})
+        x_edit = torch.tanh(self._decode_pre(self.label_codes(target), z[:n]))
+        _, _, logits = self._split(frozen_forward(self.encoder, x_edit))
+        return sum(attribute_loss(logits[a], target[a], sp) for a, sp in self.specs.items()) / len(self.specs)
+
     def train_step(self, batch: Batch, step: int, total_steps: int) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
         p = self.params
         x, labels = batch.image, batch.labels
@@ -352,6 +381,8 @@ class IFcVAEGAN(Method):
             _, _, rec_logits = self._split(self.encoder(x_rec))
             out["cls_rec"] = p.cls_rec * sum(attribute_loss(rec_logits[a], labels[a], sp)
                                              for a, sp in self.specs.items()) / len(self.specs)
+        if p.cls_edit > 0:
+            out["cls_edit"] = p.cls_edit * self._edit_loss(z, labels)
         if not out:
             raise FacefactorsError("ifcvae_gan: every encoder/decoder loss weight is 0; nothing to train")
         yield "autoencoder", out
