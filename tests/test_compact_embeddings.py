@@ -554,3 +554,34 @@ def test_whitened_stage2_batch64_config_keeps_stage1_at_batch32():
     assert same(cfg.method) == same(base.method)
     model = build_model(cfg, generate(SynthFacesConfig(n=24, size=64, n_identities=4, seed=0)))
     assert model.stage1_steps(cfg.train.steps) == 1500  # as in the base config: 0.05 x 30000
+
+
+def test_latent_cycle_holds_shuffled_parts_to_the_codes(ds):
+    """``latent_cycle``: logged, reaches Phi and Phi^-1 only, and it grows when Phi^-1 sends
+    shuffled parts to codes far from the encoder's (here: ten times their scale). Descent on it
+    lowers it."""
+    torch.manual_seed(0)
+    model = build_model(ce_config(mode="S", stage1_fraction=0.5, cyc=0.0, aug=0.0, latent_cycle=1.0), ds).train()
+    batch = ds.batch(range(32))
+    out = dict(model.train_step(batch, 3, 4))["factor"]
+    assert "latent_cyc" in out
+    with torch.no_grad():
+        z = model.encoder(batch.image)
+    model.zero_grad(set_to_none=True)
+    loss = model.latent_cycle_loss(z, model.phi(z))
+    loss.backward()
+    assert model.factor.linear.weight.grad.abs().sum() > 0 and model.factor_inv.linear.weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.encoder.parameters())
+    inverse = model.phi_inv
+    model.phi_inv = lambda f: 10.0 * inverse(f)   # shuffled parts go to codes at ten times the scale
+    with torch.no_grad():
+        far = model.latent_cycle_loss(z, model.phi(z))
+    assert far > 10 * loss.detach()
+    model.phi_inv = inverse
+    opt = torch.optim.Adam([*model.factor.parameters(), *model.factor_inv.parameters()], lr=1e-2)
+    for _ in range(60):
+        opt.zero_grad()
+        last = model.latent_cycle_loss(z, model.phi(z))
+        last.backward()
+        opt.step()
+    assert last < 0.5 * loss.detach()

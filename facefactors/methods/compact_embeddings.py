@@ -79,6 +79,12 @@ Training modes (``mode``), within one run of the shared trainer:
   Phi(E(x)) and through the decode / re-encode cycle). With ``joint_stage1`` the stage-1
   losses continue alongside. ``stage1_fraction: 0`` trains everything jointly from the start.
 
+``latent_cycle`` (not in the paper) is L_cyc in code space (``latent_cycle_loss``): shuffled
+parts through Phi^-1 must come back from Phi, and the codes Phi^-1 gives them must have the
+moments of the encoder's codes. Without it or L_cyc, nothing constrains Phi^-1 on mixed parts;
+with the whitened complement terms, which do not see the parts' scale, the parts grew to ten
+times the codes' scale and swaps decoded to noise (BENCHMARKS.md).
+
 ``stage1_batch`` (not in the paper) lets the stages differ in batch size within one trainer
 batch: stage 1 uses the first n images of each batch, stage 2 all of them. The complement terms
 are estimated within a batch and want more images than the GAN of stage 1 trains well on.
@@ -170,6 +176,7 @@ class CompactEmbeddingsParams(MethodParams):
     complement_per_part: bool = False     # measure those two on each part of f_not_p, not on the concatenation
     part_compactness: float = 0.0         # weight of the within-class variance share of each discrete part
     complement_whiten: bool = False       # the complement terms see whitened codes (nn.whitening)
+    latent_cycle: float = 0.0             # not in the paper: L_cyc in code space (shuffled parts through Phi^-1, Phi)
 
 
 # ---------------------------------------------------------------------------- losses
@@ -576,6 +583,24 @@ class CompactEmbeddings(Method):
             terms.append(within_class_share(x, self._target(labels, a), self.attr_classes[a]))
         return sum(terms) / len(terms) if terms else f[self.part_names[0]].sum() * 0.0
 
+    def latent_cycle_loss(self, z: torch.Tensor, f: Latent) -> torch.Tensor:
+        """L_cyc without the decoder: parts shuffled across the batch, mapped to codes by Phi^-1,
+        must come back from Phi (each part's error relative to its batch variance), and those
+        codes must have the first two moments of the encoder's codes ``z``. Where the decoder and
+        encoder invert each other on the encoder's codes, this is what L_cyc asks of the shuffled
+        parts, at the cost of two small MLP passes instead of a decode and an encode."""
+        b = z.shape[0]
+        f_mix = f.replace(**{q: f[q][torch.randperm(b).to(z.device)] for q in self.part_names})
+        z_mix = self.phi_inv(f_mix).float()
+        back = self.phi(z_mix)
+        cycle = sum(F.mse_loss(back[q].float(), f_mix[q].detach().float()) / f_mix[q].detach().float().var(0).mean()
+                    .clamp_min(1e-6) for q in self.part_names) / len(self.part_names)
+        zd = z.detach().float()
+        scale = zd.var(0).mean().clamp_min(1e-6)
+        mean_gap = (z_mix.mean(0) - zd.mean(0)).pow(2).mean()
+        cov_gap = (torch.cov(z_mix.T) - torch.cov(zd.T)).pow(2).mean() * z.shape[1]
+        return cycle + mean_gap / scale + cov_gap / scale ** 2
+
     def factor_losses(self, z: torch.Tensor, labels: Mapping[str, torch.Tensor],
                       f: Latent | None = None) -> dict[str, torch.Tensor]:
         """The weighted stage-2 losses on codes ``z`` (gradients reach z where it has them);
@@ -595,6 +620,8 @@ class CompactEmbeddings(Method):
             out["compact"] = p.part_compactness * self.part_compactness(f, labels)
         if p.zrec > 0:
             out["zrec"] = p.zrec * F.mse_loss(self.phi_inv(f).float(), z.detach().float())
+        if p.latent_cycle > 0:
+            out["latent_cyc"] = p.latent_cycle * self.latent_cycle_loss(z, f)
         if p.cyc > 0 or p.aug > 0:
             b = z.shape[0]
             perms = {q: torch.randperm(b).to(z.device) for q in self.part_names}
