@@ -585,3 +585,10 @@ def test_latent_cycle_holds_shuffled_parts_to_the_codes(ds):
         last.backward()
         opt.step()
     assert last < 0.5 * loss.detach()
+
+
+def test_latent_cycle_config_adds_only_the_code_space_cycle():
+    base = load_config(CONFIGS / "compact_embeddings_synthfaces_S_whitened_stage2_batch64.yaml")
+    cfg = load_config(CONFIGS / "compact_embeddings_synthfaces_S_whitened_latent_cycle.yaml")
+    assert cfg.method == {**base.method, "latent_cycle": 0.1}
+    assert (cfg.train, cfg.data, cfg.model) == (base.train, base.data, base.model)
