@@ -593,8 +593,11 @@ class CompactEmbeddings(Method):
         f_mix = f.replace(**{q: f[q][torch.randperm(b).to(z.device)] for q in self.part_names})
         z_mix = self.phi_inv(f_mix).float()
         back = self.phi(z_mix)
-        cycle = sum(F.mse_loss(back[q].float(), f_mix[q].detach().float()) / f_mix[q].detach().float().var(0).mean()
-                    .clamp_min(1e-6) for q in self.part_names) / len(self.part_names)
+        cycle = 0.0
+        for q in self.part_names:
+            target = f_mix[q].detach().float()
+            cycle = cycle + F.mse_loss(back[q].float(), target) / target.var(0).mean().clamp_min(1e-6)
+        cycle = cycle / len(self.part_names)
         zd = z.detach().float()
         scale = zd.var(0).mean().clamp_min(1e-6)
         mean_gap = (z_mix.mean(0) - zd.mean(0)).pow(2).mean()

@@ -30,7 +30,8 @@ Losses (paper Eq. 3-6, Algorithm 1), every weight switchable (0 turns a term off
   with every attribute switched (binary: 1 - y; categorical: another class at random), and the
   encoder's classifier, frozen, must read the switched values. It trains the decoder to take the
   attributes from y even where z still holds them, the property an edit needs, instead of
-  emptying z of them, which costs reconstruction (BENCHMARKS.md).
+  emptying z of them, which costs reconstruction. At weight 1 it collapses training: the
+  decoder learns patterns the frozen classifier reads, not faces (BENCHMARKS.md).
 
 Weights: the paper's Table 1 uses rho = 0.1, delta = 0.1, alpha = 0.2; sharp reconstructions use
 alpha = delta = 0.005 (the residual model, Table 3). Official: 64 px, nz = 100, RMSprop 2e-4,
