@@ -6,7 +6,8 @@
 The 30-minute S run spends most of its time in stage 1; stage 2 (the factor network) can be
 tried on its own. This loads a trained S run, keeps its encoder frozen, encodes the train split
 once, and trains a fresh factor network on those codes (L_f and L_rec of Phi, plus the chosen
-terms; no L_cyc / L_aug, which would need the decoder; ``--latent-cycle`` is its code-space form) for ``--steps`` steps of batch 64. Then
+terms; no L_cyc / L_aug, which would need the decoder; ``--latent-cycle`` is L_cyc's code-space
+form) for ``--steps`` steps of batch 64. Then
 fresh linear and MLP probes score each part f_p and its complement f_not_p
 (``eval.complements.discriminability``), and an MLP probe reads every attribute from every part,
 which shows where the complement's leftover information sits, and the counterfactual transfer

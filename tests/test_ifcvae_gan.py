@@ -197,7 +197,7 @@ def test_aux_whiten_measures_the_moments_on_whitened_means(ds):
     assert build_model(if_config(aux_moments=0.0, aux_whiten=True), ds).aux_white is None
 
 
-def test_switched_labels_flip_binary_and_change_every_categorical_class():
+def test_switched_labels_flip_binary_and_change_every_categorical_class(ds):
     blobs = blobs_dataset(n=32, size=32)
     cfg = build_dataclass(RunConfig, {"model": {"method": "ifcvae_gan", "attributes": ["colour", "place"],
                                                 "width": 8, "part_dims": {"rest": 6}}})
@@ -207,7 +207,7 @@ def test_switched_labels_flip_binary_and_change_every_categorical_class():
     out = model.switched_labels(labels)
     for a, spec in model.specs.items():
         assert (out[a] != labels[a]).all() and (out[a] >= 0).all() and (out[a] < spec.num_classes).all()
-    flipped = build_model(if_config(), make_dataset({"name": "synthfaces", "size": 32, "n": 8, "derived": ["smile"]}))
+    flipped = build_model(if_config(), ds)
     y = {"glasses": torch.tensor([0, 1, 1]), "smile": torch.tensor([1, 0, 0])}
     assert {a: v.tolist() for a, v in flipped.switched_labels(y).items()} == {"glasses": [1, 0, 0], "smile": [0, 1, 1]}
 

@@ -119,7 +119,7 @@ from torch import nn
 from facefactors.data.specs import Batch
 from facefactors.errors import FacefactorsError
 from facefactors.latent import Latent
-from facefactors.methods.adversarial_attributes import uniform_cross_entropy
+from facefactors.methods.adversarial_attributes import shuffle_parts, uniform_cross_entropy
 from facefactors.methods.autoencoder import reconstruction_loss
 from facefactors.methods.base import Method, MethodParams, ModelSetup, OptimizerSpec
 from facefactors.methods.registry import register
@@ -589,8 +589,7 @@ class CompactEmbeddings(Method):
         codes must have the first two moments of the encoder's codes ``z``. Where the decoder and
         encoder invert each other on the encoder's codes, this is what L_cyc asks of the shuffled
         parts, at the cost of two small MLP passes instead of a decode and an encode."""
-        b = z.shape[0]
-        f_mix = f.replace(**{q: f[q][torch.randperm(b).to(z.device)] for q in self.part_names})
+        f_mix, _ = shuffle_parts(f, self.part_names)
         z_mix = self.phi_inv(f_mix).float()
         back = self.phi(z_mix)
         cycle = 0.0
@@ -626,9 +625,7 @@ class CompactEmbeddings(Method):
         if p.latent_cycle > 0:
             out["latent_cyc"] = p.latent_cycle * self.latent_cycle_loss(z, f)
         if p.cyc > 0 or p.aug > 0:
-            b = z.shape[0]
-            perms = {q: torch.randperm(b).to(z.device) for q in self.part_names}
-            f_mix = f.replace(**{q: f[q][perms[q]] for q in self.part_names})
+            f_mix, perms = shuffle_parts(f, self.part_names)
             f_cyc = self.phi(self.encoder(self.decoder(self.phi_inv(f_mix))))
             if p.cyc > 0:
                 out["cyc"] = p.cyc * sum(F.mse_loss(f_cyc[q].float(), f_mix[q].detach().float())
