@@ -118,3 +118,45 @@ def test_bottleneck_nuisance_adversaries_and_lazy_critic(tmp_path):
 def test_confuse_extra_must_name_an_unmodelled_attribute():
     with pytest.raises(FacefactorsError, match="confuse_extra names 'colour'"):
         build_model(aa_config(confuse_extra=["colour"]), blobs_dataset())
+
+
+def test_dependence_terms_cover_the_confusion_pairs_and_see_leaks(tmp_path):
+    import json
+
+    from facefactors.latent import Latent
+
+    ds = blobs_dataset()
+    cfg = aa_config(steps=2, adversary_hidden=0, moments=1.0, kernel=1.0, whiten=True, confuse_extra=["place"],
+                    code_channels=1, code_size=2)
+    cfg.model.attributes = ["colour"]
+    model = build_model(cfg, ds)  # confuse_extra works without MLP adversaries when the terms are on
+    assert model.adversaries is None
+    assert model.confusion_pairs == [("rest", "colour"), ("colour", "place")]
+    gen = torch.Generator().manual_seed(0)
+    rotation = torch.linalg.qr(torch.randn(4, 4, generator=gen))[0]
+
+    def codes(leak: bool) -> tuple[Latent, dict]:
+        y = {"colour": torch.randint(0, 3, (128,), generator=gen), "place": torch.randint(0, 2, (128,), generator=gen)}
+        rest = torch.randn(128, 4, generator=gen)
+        if leak:  # colour in a direction of a tenth of the spread, rotated into every dim
+            rest[:, 0] = 0.1 * (y["colour"].float() + 0.1 * torch.randn(128, generator=gen))
+        z = Latent({"colour": torch.randn(128, 1, 2, 2, generator=gen), "rest": (rest @ rotation).view(128, 1, 2, 2)})
+        return z, y
+
+    def terms(leak: bool) -> dict:
+        model.part_white = type(model.part_white)({q: type(w)(4) for q, w in model.part_white.items()})
+        model.train()
+        for _ in range(30):  # the running whitening settles on these codes' statistics
+            model.dependence_terms(*codes(leak), 1.0)
+        return model.dependence_terms(*codes(leak), 1.0)
+
+    leak, free = terms(True), terms(False)
+    assert leak["moments"] > 3 * free["moments"] and leak["kernel"] > 3 * free["kernel"]
+    model.params.whiten, white = False, model.part_white
+    model.part_white = None
+    raw = model.dependence_terms(*codes(True), 1.0)  # unwhitened, the small direction hides the leak
+    assert raw["moments"] < 0.5 * leak["moments"] and raw["kernel"] < 0.5 * leak["kernel"]
+    assert int(white["rest"].updates) == 31 and "part_white.rest.cov" in build_model(cfg, ds).state_dict()
+    Trainer(cfg, tmp_path / "r", dataset=ds, log=lambda m: None).fit()
+    rec = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[-1])
+    assert "autoencoder/moments" in rec and "autoencoder/kernel" in rec

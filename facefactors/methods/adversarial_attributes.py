@@ -28,7 +28,14 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
 - ``adversary_steps`` updates of the adversaries per step (they must keep up with the
   encoders to be a real constraint) at their own ``adversary_lr``;
 - ``critic_every`` updates the critic (and applies its term) every k steps; ``attr_width``
-  sets a slimmer conv width for the attribute encoders than for ``rest``; both buy speed.
+  sets a slimmer conv width for the attribute encoders than for ``rest``; both buy speed;
+- ``moments`` and ``kernel`` > 0: adversary-free dependence terms on the same (part, attribute)
+  pairs the MLP adversaries see: the between-class share and per-class variance mismatch of
+  the part's dims (``nn.losses.label_dependence``) and the part's Gaussian-kernel alignment with
+  the labels (``label_kernel_dependence``, which also sees what a nonlinear probe reads). With
+  ``whiten`` they see each part whitened by running statistics (``nn.whitening``, buffers
+  ``part_white``), so information kept in a direction of small variance is not hidden from them.
+  A closed-form measure cannot fall behind the encoders the way a trained adversary does.
 """
 from __future__ import annotations
 
@@ -48,6 +55,8 @@ from facefactors.nn.classifiers import CodeShapedClassifier, MLPHead
 from facefactors.nn.critics import PatchCritic, gradient_penalty
 from facefactors.nn.decoders import MapDecoder
 from facefactors.nn.encoders import MapEncoder
+from facefactors.nn.losses import label_dependence, label_kernel_dependence
+from facefactors.nn.whitening import RunningWhitening
 
 
 @dataclass
@@ -79,6 +88,9 @@ class AdversarialAttributesParams(MethodParams):
     ramp: float = 0.0                     # fraction of training over which they ramp to full weight
     critic_every: int = 1                 # critic update (and its term) every k steps
     attr_width: int = 0                   # conv width of the attribute encoders (0: model width)
+    moments: float = 0.0                  # label dependence of each part on the others' labels (not in the paper)
+    kernel: float = 0.0                   # kernel alignment of each part with the others' labels (not in the paper)
+    whiten: bool = False                  # moments / kernel see whitened parts (nn.whitening)
 
 
 def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -123,9 +135,15 @@ class AdversarialAttributes(Method):
             raise ValueError(f"confuse_extra names {missing[0]!r}, which is not a categorical attribute of the "
                              f"dataset (or is modelled already); available: {', '.join(setup.extra_attributes)}")
         self.extra_classes = {a: self.extra_classes[a] for a in p.confuse_extra}
-        if self.extra_classes and p.adversary_hidden <= 0:
-            raise ValueError("confuse_extra needs MLP adversaries: set adversary_hidden > 0")
+        if self.extra_classes and p.adversary_hidden <= 0 and p.moments <= 0 and p.kernel <= 0:
+            raise ValueError("confuse_extra needs MLP adversaries (adversary_hidden > 0) or dependence terms "
+                             "(moments or kernel > 0)")
         parts = self.attributes + ["rest"]
+        # (part, attribute) pairs the part must not carry: every other modelled attribute (rest:
+        # all of them) and, for the attribute parts, the unmodelled nuisances of confuse_extra
+        self.confusion_pairs = ([(q, a) for q in parts for a in self.n_classes if a != q]
+                                + [(q, a) for q in self.attributes for a in self.extra_classes])
+        self.confusion_classes = {**self.n_classes, **self.extra_classes}
         out_channels = p.code_channels * (2 if p.kl > 0 else 1)
         self.encoders = nn.ModuleDict({
             n: MapEncoder(setup.image_size, setup.channels, out_channels, p.code_size,
@@ -140,11 +158,11 @@ class AdversarialAttributes(Method):
         code_dim = p.code_channels * p.code_size * p.code_size
         self.adversaries = None
         if p.adversary_hidden > 0:
-            heads = {f"{part}__{a}": MLPHead(code_dim, k, p.adversary_hidden)
-                     for part in parts for a, k in self.n_classes.items() if a != part}
-            heads.update({f"{part}__{a}": MLPHead(code_dim, k, p.adversary_hidden)
-                          for part in self.attributes for a, k in self.extra_classes.items()})
-            self.adversaries = nn.ModuleDict(heads)
+            self.adversaries = nn.ModuleDict({f"{q}__{a}": MLPHead(code_dim, self.confusion_classes[a], p.adversary_hidden)
+                                              for q, a in self.confusion_pairs})
+        self.part_white = None
+        if p.whiten and (p.moments > 0 or p.kernel > 0):
+            self.part_white = nn.ModuleDict({q: RunningWhitening(code_dim) for q in parts})
 
     # ------------------------------------------------------------------ the model
     @property
@@ -187,6 +205,27 @@ class AdversarialAttributes(Method):
     def schedule(self, step: int, total_steps: int) -> float:
         """Multiplier of the confusion, hybrid and critic terms: 0 during warm-up, then a linear ramp."""
         return warmup_ramp(step, total_steps, self.params.warmup, self.params.ramp)
+
+    def _part_seen(self, z: Latent, q: str) -> torch.Tensor:
+        """Part q flattened, as the dependence terms see it: whitened with ``whiten``."""
+        x = z[q].flatten(1)
+        return self.part_white[q](x) if self.part_white is not None else x
+
+    def dependence_terms(self, z: Latent, labels, scale: float) -> dict[str, torch.Tensor]:
+        """``moments`` and ``kernel``: the mean over the confusion pairs (q, a) of how much a's
+        labels explain part q (0: independent), each times its weight and ``scale``."""
+        p = self.params
+        if self.part_white is not None and self.training:
+            for q, w in self.part_white.items():
+                w.update(z[q])
+        seen = {q: self._part_seen(z, q) for q in self.part_names}
+        out = {}
+        for name, weight, measure in (("moments", p.moments, label_dependence),
+                                      ("kernel", p.kernel, label_kernel_dependence)):
+            if weight > 0:
+                terms = [measure(seen[q], labels[a], self.confusion_classes[a]) for q, a in self.confusion_pairs]
+                out[name] = scale * weight * sum(terms) / len(terms)
+        return out
 
     def train_step(self, batch: Batch, step: int, total_steps: int) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
         p = self.params
@@ -234,6 +273,8 @@ class AdversarialAttributes(Method):
         if self.adversaries is not None and p.adversary > 0 and s > 0:
             terms = [uniform_cross_entropy(head(z[key.split("__")[0]])) for key, head in self.adversaries.items()]
             out["dis_mlp"] = s * p.adversary * sum(terms) / len(terms)
+        if (p.moments > 0 or p.kernel > 0) and s > 0:
+            out.update(self.dependence_terms(z, labels, s))
         if use_hybrid and p.hybrid > 0:
             out["hybrid"] = s * p.hybrid * sum(F.cross_entropy(self.classifiers[a](x_mix), labels[a][perms[a]])
                                                for a in self.attributes) / len(self.attributes)
