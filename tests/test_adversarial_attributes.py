@@ -160,3 +160,15 @@ def test_dependence_terms_cover_the_confusion_pairs_and_see_leaks(tmp_path):
     Trainer(cfg, tmp_path / "r", dataset=ds, log=lambda m: None).fit()
     rec = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[-1])
     assert "autoencoder/moments" in rec and "autoencoder/kernel" in rec
+
+
+def test_hybrid_batch_decodes_only_the_first_hybrids():
+    ds = blobs_dataset()
+    model = build_model(aa_config(hybrid_batch=3), ds)
+    shapes = []
+    model.critic.register_forward_hook(lambda m, i, o: shapes.append(i[0].shape[0]))
+    groups = dict(model.train_step(ds.batch(range(8)), 0, 100))
+    assert "hybrid" in groups["autoencoder"] and "gp" in groups["critic"]
+    assert set(shapes) == {3}  # fakes, reals and interpolates all have the hybrids' size
+    with pytest.raises(FacefactorsError, match="hybrid_batch=-1"):
+        build_model(aa_config(hybrid_batch=-1), ds)

@@ -28,7 +28,9 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
 - ``adversary_steps`` updates of the adversaries per step (they must keep up with the
   encoders to be a real constraint) at their own ``adversary_lr``;
 - ``critic_every`` updates the critic (and applies its term) every k steps; ``attr_width``
-  sets a slimmer conv width for the attribute encoders than for ``rest``; both buy speed;
+  sets a slimmer conv width for the attribute encoders than for ``rest``; ``hybrid_batch``
+  decodes (and classifies and criticises) only the first n hybrids of the shuffled batch; all
+  three buy speed;
 - ``moments`` and ``kernel`` > 0: adversary-free dependence terms on the same (part, attribute)
   pairs the MLP adversaries see: the between-class share and per-class variance mismatch of
   the part's dims (``nn.losses.label_dependence``) and the part's Gaussian-kernel alignment with
@@ -91,6 +93,7 @@ class AdversarialAttributesParams(MethodParams):
     moments: float = 0.0                  # label dependence of each part on the others' labels (not in the paper)
     kernel: float = 0.0                   # kernel alignment of each part with the others' labels (not in the paper)
     whiten: bool = False                  # moments / kernel see whitened parts (nn.whitening)
+    hybrid_batch: int = 0                 # hybrids decoded per step (0: the whole batch)
 
 
 def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -127,6 +130,8 @@ class AdversarialAttributes(Method):
         if not setup.attributes:
             raise ValueError("adversarial_attributes needs at least one attribute")
         p = params
+        if p.hybrid_batch < 0:
+            raise ValueError(f"method.hybrid_batch={p.hybrid_batch!r} must be >= 0 (0: the whole batch)")
         self.attributes = [a.name for a in setup.attributes]
         self.n_classes = {a.name: a.num_classes for a in setup.attributes}
         self.extra_classes = dict(setup.extra_attributes) if p.confuse_extra else {}
@@ -242,13 +247,16 @@ class AdversarialAttributes(Method):
         use_hybrid = s > 0 and (p.hybrid > 0 or use_critic)
         if use_hybrid:
             z_mix, perms = shuffle_parts(z_sample, self.attributes)
+            n = min(p.hybrid_batch or len(x), len(x))
+            if n < len(x):
+                z_mix, perms = z_mix.index(slice(0, n)), {a: perm[:n] for a, perm in perms.items()}
             x_mix = self.decode(z_mix)
 
         # 2. WGAN-GP critic: real images against (detached) shuffled hybrids
         if use_critic:
-            fake = x_mix.detach()
-            yield "critic", {"wgan": self.critic(fake).mean() - self.critic(x).mean(),
-                             "gp": p.gp * gradient_penalty(self.critic, x, fake)}
+            fake, real = x_mix.detach(), x[:len(x_mix)]
+            yield "critic", {"wgan": self.critic(fake).mean() - self.critic(real).mean(),
+                             "gp": p.gp * gradient_penalty(self.critic, real, fake)}
 
         # 3. optional MLP adversaries on detached codes
         if self.adversaries is not None:
