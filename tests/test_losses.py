@@ -62,3 +62,18 @@ def test_within_class_share_is_zero_for_a_label_code_and_one_for_noise():
         within_class_share(x, y, 4).backward()
         opt.step()
     assert within_class_share(x, y, 4) < 0.1 * mixed
+
+
+def test_unbiased_kernel_dependence_is_about_zero_for_independent_codes():
+    gen = torch.Generator().manual_seed(0)
+    biased, unbiased, leaked = [], [], []
+    for _ in range(40):  # 64-d codes, 100 classes in a batch of 32: most classes are singletons
+        x, y = torch.randn(32, 64, generator=gen), torch.randint(0, 100, (32,), generator=gen)
+        biased.append(label_kernel_dependence(x, y, 100))
+        unbiased.append(label_kernel_dependence(x, y, 100, unbiased=True))
+        leak = x.clone()
+        leak[:, 0] += 3 * y.float() / 10
+        leaked.append(label_kernel_dependence(leak, y, 100, unbiased=True))
+    biased, unbiased, leaked = (torch.stack(v).mean() for v in (biased, unbiased, leaked))
+    assert biased > 0.5 and unbiased.abs() < 0.03 and leaked > 0.1
+    assert label_kernel_dependence(x[:4], y[:4], 100, unbiased=True) == 0
