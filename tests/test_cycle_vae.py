@@ -109,7 +109,7 @@ def test_parts_encode_decode(ds, digits):
 
 @pytest.mark.parametrize("bind", [False, True])
 def test_trains_and_logs_every_loss(tmp_path, ds, bind):
-    cfg = cv_config(steps=3, reverse_rec=0.5, adv=0.1, moments=1.0, kernel=1.0)
+    cfg = cv_config(steps=3, reverse_rec=0.5, adv=0.1, moments=1.0, kernel=1.0, kernel_unbiased=True)
     trainer = Trainer(cfg, tmp_path / "r", dataset=ds, log=lambda m: None)
     if bind:  # what the trainer's dataset hook does
         original = build_model
