@@ -197,6 +197,19 @@ def test_aux_whiten_measures_the_moments_on_whitened_means(ds):
     assert build_model(if_config(aux_moments=0.0, aux_whiten=True), ds).aux_white is None
 
 
+def test_aux_spread_false_charges_the_class_means_only(ds):
+    from facefactors.nn.losses import label_dependence
+    torch.manual_seed(0)
+    model = build_model(if_config(rec=0.0, kl=0.0, cls=0.0, gan=0.0, aux=0.0, aux_moments=1.0,
+                                  aux_spread=False), ds).train()
+    batch = ds.batch(range(64))
+    out = dict(model.train_step(batch, 0, 10))["autoencoder"]
+    mu, _, _ = model._split(model.encoder(batch.image))
+    means_only = [label_dependence(mu, batch.labels[a], sp.num_classes if sp.discrete else 0, spread=False)
+                  for a, sp in model.specs.items()]
+    assert out["aux_mom"].item() == pytest.approx((sum(means_only) / len(means_only)).item(), rel=1e-4)
+
+
 def test_switched_labels_flip_binary_and_change_every_categorical_class(ds):
     blobs = blobs_dataset(n=32, size=32)
     cfg = build_dataclass(RunConfig, {"model": {"method": "ifcvae_gan", "attributes": ["colour", "place"],

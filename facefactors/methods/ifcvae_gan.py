@@ -43,7 +43,8 @@ share and class variance mismatch, ``nn.losses.label_dependence``): equal class-
 means leave a fresh linear probe nothing to read, where fooling the current A need not.
 ``aux_whiten`` measures it on the means whitened by running statistics
 (``nn.whitening.RunningWhitening``, buffers ``aux_white``), so y kept in directions of small
-variance counts as much as y kept in large ones.
+variance counts as much as y kept in large ones. ``aux_spread: false`` charges the class means
+only: a linear probe and a decoder that reads y need equal means, not equal spreads.
 """
 from __future__ import annotations
 
@@ -95,6 +96,7 @@ class IFcVAEGANParams(MethodParams):
     aux_steps: int = 1                # updates of A per step
     aux_moments: float = 0.0          # not in the paper: label dependence of z's means (nn.losses.label_dependence)
     aux_whiten: bool = False          # not in the paper: aux_moments on whitened means (nn.whitening)
+    aux_spread: bool = True           # aux_moments also charges class variance mismatch (False: class means only)
     dis_width: int = 0                # discriminator conv width (0: model width)
     dis_norm: str = "batch"
     warmup: float = 0.0               # fraction of training before the aux and GAN terms reach E and D
@@ -369,7 +371,7 @@ class IFcVAEGAN(Method):
                     self.aux_white.update(mu)
                 seen = self.aux_white(mu)
             out["aux_mom"] = s * p.aux_moments * sum(
-                label_dependence(seen, labels[a], sp.num_classes if sp.discrete else 0)
+                label_dependence(seen, labels[a], sp.num_classes if sp.discrete else 0, spread=p.aux_spread)
                 for a, sp in self.specs.items()) / len(self.specs)
         if self.discriminator is not None and s > 0:
             f_rec, f_p = frozen_forward(self.discriminator, x_rec), frozen_forward(self.discriminator, x_p)
