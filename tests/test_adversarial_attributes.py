@@ -172,3 +172,34 @@ def test_hybrid_batch_decodes_only_the_first_hybrids():
     assert set(shapes) == {3}  # fakes, reals and interpolates all have the hybrids' size
     with pytest.raises(FacefactorsError, match="hybrid_batch=-1"):
         build_model(aa_config(hybrid_batch=-1), ds)
+
+
+def test_memory_adds_past_codes_to_the_dependence_terms():
+    from facefactors.nn.losses import label_kernel_dependence
+
+    ds = blobs_dataset()
+    model = build_model(aa_config(adversary_hidden=0, kernel=1.0, memory=12, code_channels=1, code_size=2), ds).train()
+    batches = [ds.batch(range(i, i + 8)) for i in (0, 8, 16)]
+    codes = [model.encode(b.image).detach() for b in batches]
+    flat = lambda z, q: z[q].flatten(1)
+    model.dependence_terms(codes[0], batches[0].labels, 1.0)
+    assert int(model.memory_filled) == 8 and int(model.memory_next) == 8
+    model.dependence_terms(codes[1], batches[1].labels, 1.0)  # the ring wraps: 4 of batch 0 are overwritten
+    assert int(model.memory_filled) == 12 and int(model.memory_next) == 4
+    rest = model.part_names.index("rest")
+    # slots 0-3: batch 1's last four; 4-7: batch 0's last four (kept); 8-11: batch 1's first four
+    torch.testing.assert_close(model.memory_codes[rest], torch.cat([flat(codes[1], "rest")[4:], flat(codes[0], "rest")[4:],
+                                                                      flat(codes[1], "rest")[:4]]))
+    # batch 2 is measured together with the 12 remembered codes; only the batch carries a gradient
+    z = codes[2].map(lambda t: t.clone().requires_grad_(True))
+    y = batches[2].labels
+    expected = []
+    for q, a in model.confusion_pairs:
+        x_all = torch.cat([flat(z, q), model.memory_codes[model.part_names.index(q)]])
+        y_all = torch.cat([y[a], model.memory_labels[list(model.confusion_classes).index(a)]])
+        expected.append(label_kernel_dependence(x_all, y_all, model.confusion_classes[a], unbiased=True).clamp_min(0))
+    out = model.dependence_terms(z, y, 1.0)
+    torch.testing.assert_close(out["kernel"], sum(expected) / len(expected))
+    out["kernel"].backward()
+    assert z["rest"].grad is not None and z["rest"].grad.abs().sum() > 0
+    assert "memory_codes" in model.state_dict() and "memory_labels" in model.state_dict()

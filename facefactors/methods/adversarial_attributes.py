@@ -40,6 +40,9 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   ``whiten`` they see each part whitened by running statistics (``nn.whitening``, buffers
   ``part_white``), so information kept in a direction of small variance is not hidden from them.
   A closed-form measure cannot fall behind the encoders the way a trained adversary does.
+  ``memory`` > 0 keeps that many past codes and labels (detached; buffers, so resume is exact)
+  and measures on them together with the batch: with 100 identities a batch of 32 rarely holds
+  two faces of one identity, so without it the terms hardly see identity at all.
 """
 from __future__ import annotations
 
@@ -96,6 +99,7 @@ class AdversarialAttributesParams(MethodParams):
     kernel: float = 0.0                   # kernel alignment of each part with the others' labels (not in the paper)
     whiten: bool = False                  # moments / kernel see whitened parts (nn.whitening)
     hybrid_batch: int = 0                 # hybrids decoded per step (0: the whole batch)
+    memory: int = 0                       # moments / kernel also see this many past codes (detached)
 
 
 def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -132,8 +136,8 @@ class AdversarialAttributes(Method):
         if not setup.attributes:
             raise ValueError("adversarial_attributes needs at least one attribute")
         p = params
-        if p.hybrid_batch < 0:
-            raise ValueError(f"method.hybrid_batch={p.hybrid_batch!r} must be >= 0 (0: the whole batch)")
+        if p.hybrid_batch < 0 or p.memory < 0:
+            raise ValueError(f"method.hybrid_batch={p.hybrid_batch!r} and method.memory={p.memory!r} must be >= 0")
         self.attributes = [a.name for a in setup.attributes]
         self.n_classes = {a.name: a.num_classes for a in setup.attributes}
         self.extra_classes = dict(setup.extra_attributes) if p.confuse_extra else {}
@@ -168,8 +172,14 @@ class AdversarialAttributes(Method):
             self.adversaries = nn.ModuleDict({f"{q}__{a}": MLPHead(code_dim, self.confusion_classes[a], p.adversary_hidden)
                                               for q, a in self.confusion_pairs})
         self.part_white = None
-        if p.whiten and (p.moments > 0 or p.kernel > 0):
+        dependence = p.moments > 0 or p.kernel > 0
+        if p.whiten and dependence:
             self.part_white = nn.ModuleDict({q: RunningWhitening(code_dim) for q in parts})
+        if p.memory > 0 and dependence:  # a ring of past codes and labels for the dependence terms
+            self.register_buffer("memory_codes", torch.zeros(len(parts), p.memory, code_dim))
+            self.register_buffer("memory_labels", torch.zeros(len(self.confusion_classes), p.memory, dtype=torch.long))
+            self.register_buffer("memory_filled", torch.zeros((), dtype=torch.long))
+            self.register_buffer("memory_next", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------ the model
     @property
@@ -225,6 +235,10 @@ class AdversarialAttributes(Method):
         if self.part_white is not None and self.training:
             for q, w in self.part_white.items():
                 w.update(z[q])
+        use_memory = p.memory > 0 and self.training
+        if use_memory:
+            batch_z, batch_labels = z, labels
+            z, labels = self._with_memory(z, labels)
         seen = {q: self._part_seen(z, q) for q in self.part_names}
         out = {}
         if p.moments > 0:
@@ -234,7 +248,29 @@ class AdversarialAttributes(Method):
             terms = [label_kernel_dependence(seen[q], labels[a], self.confusion_classes[a], unbiased=True).clamp_min(0)
                      for q, a in self.confusion_pairs]
             out["kernel"] = scale * p.kernel * sum(terms) / len(terms)
+        if use_memory:
+            self._remember(batch_z, batch_labels)
         return out
+
+    def _with_memory(self, z: Latent, labels) -> tuple[Latent, dict[str, torch.Tensor]]:
+        """The batch's parts (flattened, with their gradient) followed by the remembered ones, and the labels likewise."""
+        n = int(self.memory_filled)
+        parts = Latent((q, torch.cat([z[q].flatten(1).float(), self.memory_codes[i, :n]]))
+                       for i, q in enumerate(self.part_names))
+        both = {a: torch.cat([labels[a].long(), self.memory_labels[j, :n]]) for j, a in enumerate(self.confusion_classes)}
+        return parts, both
+
+    @torch.no_grad()
+    def _remember(self, z: Latent, labels) -> None:
+        """Write the batch's detached parts and labels into the ring, overwriting the oldest."""
+        b, m = z.batch_size, self.params.memory
+        idx = (int(self.memory_next) + torch.arange(min(b, m))) % m
+        for i, q in enumerate(self.part_names):
+            self.memory_codes[i, idx] = z[q].flatten(1)[-len(idx):].float()
+        for j, a in enumerate(self.confusion_classes):
+            self.memory_labels[j, idx] = labels[a][-len(idx):].long()
+        self.memory_next.fill_((int(self.memory_next) + len(idx)) % m)
+        self.memory_filled.fill_(min(int(self.memory_filled) + len(idx), m))
 
     def train_step(self, batch: Batch, step: int, total_steps: int) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
         p = self.params
