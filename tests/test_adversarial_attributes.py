@@ -203,3 +203,29 @@ def test_memory_adds_past_codes_to_the_dependence_terms():
     out["kernel"].backward()
     assert z["rest"].grad is not None and z["rest"].grad.abs().sum() > 0
     assert "memory_codes" in model.state_dict() and "memory_labels" in model.state_dict()
+
+
+@pytest.mark.parametrize("name, base_name, differs", [
+    ("adversarial_attributes_synthfaces_dependence.yaml", "adversarial_attributes_synthfaces.yaml",
+     {"moments": 3.0, "kernel": 30.0, "whiten": True, "hybrid_batch": 16, "critic_every": 4}),
+    ("adversarial_attributes_synthfaces_dependence_memory.yaml", "adversarial_attributes_synthfaces_dependence.yaml",
+     {"memory": 224}),
+    ("adversarial_attributes_synthfaces_dependence_no_dis.yaml", "adversarial_attributes_synthfaces_dependence_memory.yaml",
+     {"dis": 0.0, "adversary": 0.0, "moments": 0.0, "kernel": 0.0}),
+])
+def test_dependence_configs(name, base_name, differs):
+    from pathlib import Path
+
+    from facefactors.config import load_config
+    from facefactors.methods.adversarial_attributes import AdversarialAttributesParams
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    cfg, base = load_config(configs / name), load_config(configs / base_name)
+    params = build_dataclass(AdversarialAttributesParams, cfg.method, "method")
+    base_params = build_dataclass(AdversarialAttributesParams, base.method, "method")
+    for key, value in differs.items():
+        assert getattr(params, key) == value, key
+    assert {k: v for k, v in vars(params).items() if k not in differs} == \
+           {k: v for k, v in vars(base_params).items() if k not in differs}
+    assert (cfg.data, cfg.model, cfg.seed) == (base.data, base.model, base.seed)
+    assert cfg.train.time_budget_min == 30 and cfg.data["size"] == 64
