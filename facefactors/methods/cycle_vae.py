@@ -29,9 +29,9 @@ forward cycle's z means (``nn.losses.label_dependence``: each dim's between-clas
 plus the mismatch of the class variances), so that z's class-conditional means and spreads agree;
 ``kernel`` weighs their Gaussian-kernel alignment with the labels
 (``nn.losses.label_kernel_dependence``), which also sees dependence a nonlinear probe would read;
-``kernel_unbiased`` charges its unbiased estimate above 0 instead (the plug-in estimate reads
-about 0.84 for codes independent of 100 identities at this batch size, and its gradient then
-moves the codes by their own structure; the recorded runs with ``kernel`` used the plug-in one).
+``kernel_unbiased`` charges its unbiased estimate above 0 instead (the plug-in estimate is biased
+upwards by an amount that depends on the codes' own structure, so its gradient moves them where
+the labels do not explain them; the recorded runs with ``kernel`` used the plug-in one).
 Nothing in the cycles forbids z to hold the class (both images of a forward pair share it), and
 the reverse cycle only sees decoder outputs; this term looks at real images' codes directly.
 
