@@ -310,6 +310,8 @@ def test_sampling_runs_on_the_method(ds):
     ("cycle_vae_digits_wasserstein.yaml", "cycle_vae_digits.yaml", {"reverse_distance": "wasserstein"}),
     ("cycle_vae_synthfaces.yaml", "cycle_vae_synthfaces.yaml", {}),
     ("cycle_vae_synthfaces_independent.yaml", "cycle_vae_synthfaces.yaml", {"moments": 0.3, "kernel": 0.3}),
+    ("cycle_vae_synthfaces_independent_unbiased.yaml", "cycle_vae_synthfaces.yaml",
+     {"kernel": 1.0, "kernel_unbiased": True}),
     ("cycle_vae_synthfaces_expression.yaml", "cycle_vae_synthfaces.yaml", {}),
 ])
 def test_configs(name, base_name, differs, ds, digits):
