@@ -210,7 +210,7 @@ def test_memory_adds_past_codes_to_the_dependence_terms():
      {"moments": 3.0, "kernel": 30.0, "whiten": True, "hybrid_batch": 16, "critic_every": 4}),
     ("adversarial_attributes_synthfaces_dependence_memory.yaml", "adversarial_attributes_synthfaces_dependence.yaml",
      {"memory": 224}),
-    ("adversarial_attributes_synthfaces_dependence_no_dis.yaml", "adversarial_attributes_synthfaces_dependence_memory.yaml",
+    ("adversarial_attributes_synthfaces_dependence_no_dis.yaml", "adversarial_attributes_synthfaces_dependence.yaml",
      {"dis": 0.0, "adversary": 0.0, "moments": 0.0, "kernel": 0.0}),
 ])
 def test_dependence_configs(name, base_name, differs):
