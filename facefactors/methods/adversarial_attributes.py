@@ -42,7 +42,7 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   A closed-form measure cannot fall behind the encoders the way a trained adversary does.
   ``memory`` > 0 keeps that many past codes and labels (detached; buffers, so resume is exact)
   and measures on them together with the batch: with 100 identities a batch of 32 rarely holds
-  two faces of one identity, so without it the terms hardly see identity at all.
+  two faces of one identity. In a 30-minute run it did not lower leakage (BENCHMARKS.md).
 """
 from __future__ import annotations
 
