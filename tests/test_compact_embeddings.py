@@ -361,8 +361,10 @@ def test_label_dependence_measures_and_removes_what_labels_explain():
     assert label_dependence(coded, y, 4) > 3 * label_dependence(noise, y, 4)
     assert label_dependence(scaled, y, 4) > 3 * label_dependence(noise, y, 4)
     # without spread only the class means count: a spread difference is then not charged
-    assert label_dependence(scaled, y, 4, spread=False) < 2 * label_dependence(noise, y, 4, spread=False)
-    assert label_dependence(coded, y, 4, spread=False) > 3 * label_dependence(noise, y, 4, spread=False)
+    assert label_dependence(scaled, y, 4, spread=0.0) < 2 * label_dependence(noise, y, 4, spread=0.0)
+    assert label_dependence(coded, y, 4, spread=0.0) > 3 * label_dependence(noise, y, 4, spread=0.0)
+    half = (label_dependence(scaled, y, 4) + label_dependence(scaled, y, 4, spread=0.0)) / 2
+    torch.testing.assert_close(label_dependence(scaled, y, 4, spread=0.5), half)
     t = torch.randn(64, generator=g)
     assert label_dependence(noise + 4.0 * t[:, None], t) > 0.9 > 0.1 > label_dependence(noise, t)
     # singletons carry no comparison; a batch without two classes of two or more gives 0

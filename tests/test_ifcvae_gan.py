@@ -197,15 +197,15 @@ def test_aux_whiten_measures_the_moments_on_whitened_means(ds):
     assert build_model(if_config(aux_moments=0.0, aux_whiten=True), ds).aux_white is None
 
 
-def test_aux_spread_false_charges_the_class_means_only(ds):
+def test_aux_spread_zero_charges_the_class_means_only(ds):
     from facefactors.nn.losses import label_dependence
     torch.manual_seed(0)
     model = build_model(if_config(rec=0.0, kl=0.0, cls=0.0, gan=0.0, aux=0.0, aux_moments=1.0,
-                                  aux_spread=False), ds).train()
+                                  aux_spread=0.0), ds).train()
     batch = ds.batch(range(64))
     out = dict(model.train_step(batch, 0, 10))["autoencoder"]
     mu, _, _ = model._split(model.encoder(batch.image))
-    means_only = [label_dependence(mu, batch.labels[a], sp.num_classes if sp.discrete else 0, spread=False)
+    means_only = [label_dependence(mu, batch.labels[a], sp.num_classes if sp.discrete else 0, spread=0.0)
                   for a, sp in model.specs.items()]
     assert out["aux_mom"].item() == pytest.approx((sum(means_only) / len(means_only)).item(), rel=1e-4)
 
@@ -296,6 +296,7 @@ def test_bce_reconstruction_matches_pixel_bce():
     ("ifcvae_gan_synthfaces_confuse_moments.yaml", {"aux_mode": "confuse", "aux_moments": 1.0}),
     ("ifcvae_gan_synthfaces_moments.yaml", {"aux": 0.0, "aux_moments": 1.0}),
     ("ifcvae_gan_synthfaces_cls_edit.yaml", {"cls_edit": 1.0}),
+    ("ifcvae_gan_synthfaces_moments_means.yaml", {"aux": 0.0, "aux_moments": 1.0, "aux_spread": 0.0}),
 ])
 def test_configs(name, differs, ds):
     cfg = load_config(CONFIGS / name)

@@ -43,8 +43,8 @@ share and class variance mismatch, ``nn.losses.label_dependence``): equal class-
 means leave a fresh linear probe nothing to read, where fooling the current A need not.
 ``aux_whiten`` measures it on the means whitened by running statistics
 (``nn.whitening.RunningWhitening``, buffers ``aux_white``), so y kept in directions of small
-variance counts as much as y kept in large ones. ``aux_spread: false`` charges the class means
-only: a linear probe and a decoder that reads y need equal means, not equal spreads.
+variance counts as much as y kept in large ones. ``aux_spread`` weighs the class variance
+mismatch within that term (1: as above; 0: the class means only, which a linear probe reads).
 """
 from __future__ import annotations
 
@@ -96,7 +96,7 @@ class IFcVAEGANParams(MethodParams):
     aux_steps: int = 1                # updates of A per step
     aux_moments: float = 0.0          # not in the paper: label dependence of z's means (nn.losses.label_dependence)
     aux_whiten: bool = False          # not in the paper: aux_moments on whitened means (nn.whitening)
-    aux_spread: bool = True           # aux_moments also charges class variance mismatch (False: class means only)
+    aux_spread: float = 1.0           # weight of the class variance mismatch within aux_moments (0: class means only)
     dis_width: int = 0                # discriminator conv width (0: model width)
     dis_norm: str = "batch"
     warmup: float = 0.0               # fraction of training before the aux and GAN terms reach E and D

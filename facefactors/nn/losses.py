@@ -19,13 +19,13 @@ def _classes_of_two_or_more(x: torch.Tensor, y: torch.Tensor, num_classes: int):
 
 
 def label_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0, eps: float = 1e-5,
-                     spread: bool = True) -> torch.Tensor:
+                     spread: float = 1.0) -> torch.Tensor:
     """How much labels ``y`` explain codes ``x`` (B, D) in this batch, averaged over dims (0 = nothing).
 
     Class labels (``num_classes`` > 0; y (B,)): the between-class share of each dim's variance
     (the correlation ratio eta^2) over the classes with at least two samples (a singleton's mean
-    is itself), plus (``spread``) the mean squared log ratio of each class's variance to the pooled
-    one over the classes with at least four.
+    is itself), plus ``spread`` times the mean squared log ratio of each class's variance to the
+    pooled one over the classes with at least four (0: the class means only).
     Continuous labels (``num_classes`` 0; y (B,) or (B, T)): the squared correlation of each dim
     with each target.
     """
@@ -45,7 +45,7 @@ def label_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0, eps
     mu, var = x.mean(0), x.var(0, unbiased=False) + eps
     share = (n_k[live, None] * (means - mu).pow(2)).sum(0) / len(x) / var  # eta^2 per dim
     big = n_k[live] >= 4  # variances of two or three samples are too noisy to compare
-    if not spread or not big.any():
+    if spread == 0 or not big.any():
         return share.mean()
     sq = (onehot.T @ x.pow(2))[live][big] / n_k[live][big, None]
     var_k = (sq - means[big].pow(2)).clamp_min(0)
@@ -53,7 +53,7 @@ def label_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0, eps
     floor = 0.01 * within + eps
     ratio = torch.log((var_k + floor) / (within + floor))
     mismatch = (n_k[live][big, None] * ratio.pow(2)).sum(0) / n_k[live][big].sum()
-    return share.mean() + mismatch.mean()
+    return share.mean() + spread * mismatch.mean()
 
 
 def label_kernel_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0,
