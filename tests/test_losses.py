@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import torch
 
-from facefactors.nn.losses import label_dependence, label_kernel_dependence, within_class_share
+from facefactors.nn.losses import code_kernel, label_dependence, label_kernel_dependence, within_class_share
 
 
 def two_shapes(n: int = 128, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -77,3 +77,12 @@ def test_unbiased_kernel_dependence_is_about_zero_for_independent_codes():
     biased, unbiased, leaked = (torch.stack(v).mean() for v in (biased, unbiased, leaked))
     assert biased > 0.5 and unbiased.abs() < 0.03 and leaked > 0.1
     assert label_kernel_dependence(x[:4], y[:4], 100, unbiased=True) == 0
+
+
+def test_a_shared_code_kernel_gives_the_same_dependence():
+    gen = torch.Generator().manual_seed(1)
+    x, y = torch.randn(32, 16, generator=gen), torch.randint(0, 5, (32,), generator=gen)
+    k = code_kernel(x)
+    for unbiased in (False, True):
+        assert torch.equal(label_kernel_dependence(x, y, 5, unbiased=unbiased, kernel=k),
+                           label_kernel_dependence(x, y, 5, unbiased=unbiased))

@@ -62,7 +62,7 @@ from facefactors.nn.classifiers import CodeShapedClassifier, MLPHead
 from facefactors.nn.critics import PatchCritic, gradient_penalty
 from facefactors.nn.decoders import MapDecoder
 from facefactors.nn.encoders import MapEncoder
-from facefactors.nn.losses import label_dependence, label_kernel_dependence
+from facefactors.nn.losses import code_kernel, label_dependence, label_kernel_dependence
 from facefactors.nn.whitening import RunningWhitening
 
 
@@ -245,7 +245,11 @@ class AdversarialAttributes(Method):
             terms = [label_dependence(seen[q], labels[a], self.confusion_classes[a]) for q, a in self.confusion_pairs]
             out["moments"] = scale * p.moments * sum(terms) / len(terms)
         if p.kernel > 0:  # the unbiased estimate, charged only above 0 (independence reads about 0)
-            terms = [label_kernel_dependence(seen[q], labels[a], self.confusion_classes[a], unbiased=True).clamp_min(0)
+            # one kernel per part, shared by its pairs (too few codes: the measure reads 0 without it)
+            judged = dict.fromkeys(q for q, _ in self.confusion_pairs)
+            kernels = {q: code_kernel(seen[q]) for q in judged} if len(seen[self.part_names[0]]) >= 4 else {}
+            terms = [label_kernel_dependence(seen[q], labels[a], self.confusion_classes[a], unbiased=True,
+                                             kernel=kernels.get(q)).clamp_min(0)
                      for q, a in self.confusion_pairs]
             out["kernel"] = scale * p.kernel * sum(terms) / len(terms)
         if use_memory:

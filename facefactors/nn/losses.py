@@ -56,8 +56,23 @@ def label_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0, eps
     return share.mean() + spread * mismatch.mean()
 
 
+KERNEL_SCALES = (0.25, 1.0, 4.0)
+
+
+def code_kernel(x: torch.Tensor, scales: tuple[float, ...] = KERNEL_SCALES) -> torch.Tensor:
+    """Gaussian kernel (B, B) of codes ``x`` (B, D): the mean of Gaussians at ``scales`` times the
+    median squared distance between distinct codes (so it is blind to the codes' overall scale)."""
+    x = x.float()
+    n = len(x)
+    d2 = torch.cdist(x, x).pow(2)
+    off = ~torch.eye(n, dtype=torch.bool, device=x.device)
+    med = d2.detach()[off].median().clamp_min(1e-8)
+    return sum(torch.exp(-d2 / (s * med)) for s in scales) / len(scales)
+
+
 def label_kernel_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0,
-                            scales: tuple[float, ...] = (0.25, 1.0, 4.0), unbiased: bool = False) -> torch.Tensor:
+                            scales: tuple[float, ...] = KERNEL_SCALES, unbiased: bool = False,
+                            kernel: torch.Tensor | None = None) -> torch.Tensor:
     """Kernel alignment (CKA) of codes ``x`` (B, D) with labels ``y`` in this batch, in [0, 1] (0 = independent).
 
     ``label_dependence`` compares class means and variances per dim, which a nonlinear probe gets
@@ -73,15 +88,16 @@ def label_kernel_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int =
     ``unbiased`` uses the unbiased HSIC estimator (Song et al. 2012; zero diagonals) in the
     numerator and both normalisers instead: about 0 for independent codes (spread about 0.05 at
     batch 32), and it may go below 0.
+
+    ``kernel``: x's kernel from ``code_kernel(x, scales)``, passed in to share it between several
+    labels of the same codes.
     """
     x = x.float()
     n = len(x)
     if n < 4:
         return x.sum() * 0.0
-    d2 = torch.cdist(x, x).pow(2)
     off = ~torch.eye(n, dtype=torch.bool, device=x.device)
-    med = d2.detach()[off].median().clamp_min(1e-8)
-    k = sum(torch.exp(-d2 / (s * med)) for s in scales) / len(scales)
+    k = code_kernel(x, scales) if kernel is None else kernel
     if num_classes > 0:
         onehot = F.one_hot(y.long(), num_classes).float()
         ell = onehot @ onehot.T
