@@ -331,3 +331,36 @@ def test_counterfactual_oracle_readback(ds, colour_from, expected):
     assert r["label_from_donor_truth"] == 1.0
     assert r["labels_kept"] == {"shape": 1.0, "background": 1.0}
     assert r["spearman_kept"]["x"] == pytest.approx(1.0) and r["spearman_donor"] == {}
+
+
+def test_oracle_readback_skips_rows_where_the_factor_does_not_show():
+    """A factor hidden for some labels (a neutral face has no intensity) is correlated over the rest."""
+    import dataclasses
+
+    from facefactors.eval.counterfactual import oracle_readback, visible_rows
+
+    ds = make_shapes_dataset(n=200, seed=3)
+    ia, ib = np.arange(0, 100), np.arange(100, 200)
+    x = np.asarray(ds.factors["x"], dtype=float)
+    hidden_rows = ds.labels["colour"].numpy()[ia] == 0
+    read = np.where(hidden_rows, np.random.default_rng(0).permutation(x[ia]) * -1.0, x[ia])
+    transfer = truth = {"x": read}
+    plain = oracle_readback(ds, "colour", ia, ib, transfer, truth)
+    masked_ds = dataclasses.replace(ds, factor_hidden={"x": {"colour": [0]}})
+    np.testing.assert_array_equal(visible_rows(masked_ds, "x", ia), ~hidden_rows)
+    masked = oracle_readback(masked_ds, "colour", ia, ib, transfer, truth)
+    assert masked["spearman_kept"]["x"] == pytest.approx(1.0)
+    assert masked["spearman_kept_truth"]["x"] == pytest.approx(1.0)
+    assert plain["spearman_kept"]["x"] < 0.9
+
+
+def test_synthfaces_declares_neutral_intensity_hidden():
+    from facefactors.data.synthfaces import SynthFacesConfig, generate
+
+    ds = generate(SynthFacesConfig(size=32, n=40, n_identities=4, seed=0), workers=1)
+    assert ds.factor_hidden == {"expression_intensity": {"expression": [0]}}
+    f = {k: np.array(v[:1], copy=True) for k, v in ds.factors.items()}
+    f["expression"][:] = 0
+    a = ds.renderer({**f, "expression_intensity": np.array([0.3])})
+    b = ds.renderer({**f, "expression_intensity": np.array([1.0])})
+    np.testing.assert_array_equal(a, b)  # a neutral face's intensity changes no pixel

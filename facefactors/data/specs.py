@@ -70,6 +70,9 @@ class ImageDataset:
     factors: procedural datasets only: every generative factor, enough for ``renderer``
     renderer: factors -> uint8 (N, H, W, C) images, bit-exact with ``images``
     factor_groups: attribute name -> the factor columns that attribute owns (counterfactuals)
+    factor_hidden: factor column -> {label name: label values for which the factor does not show
+        in the image} (a neutral face has no expression intensity); correlations with that factor
+        skip those rows, since nothing can read it back from them
     """
 
     name: str
@@ -80,6 +83,7 @@ class ImageDataset:
     factors: dict[str, np.ndarray] | None = None
     renderer: Callable[[Mapping[str, np.ndarray]], np.ndarray] | None = None
     factor_groups: dict[str, list[str]] = field(default_factory=dict)
+    factor_hidden: dict[str, dict[str, list[int]]] = field(default_factory=dict)
     meta: dict = field(default_factory=dict)
 
     def __len__(self) -> int:

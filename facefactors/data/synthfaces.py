@@ -94,6 +94,9 @@ FACTOR_GROUPS: dict[str, list[str]] = {
     "hair_colour": ["hair_colour", "hair_jitter"],
 }
 CONTINUOUS = ("expression_intensity", "light_strength", "yaw", "roll")
+# Continuous factors that do not show for some labels: a neutral face (expression 0) lerps the
+# neutral mouth and brows to themselves, so its intensity changes no pixel.
+FACTOR_HIDDEN: dict[str, dict[str, list[int]]] = {"expression_intensity": {"expression": [0]}}
 
 
 def attribute_specs(n_identities: int) -> dict[str, AttributeSpec]:
@@ -805,7 +808,8 @@ def _dataset(cfg: SynthFacesConfig, images: torch.Tensor, factors: dict[str, np.
         name="synthfaces", images=images, labels=labels_from_factors(factors),
         attributes=attribute_specs(int(cfg.n_identities)), splits=splits, factors=factors,
         renderer=functools.partial(render, size=int(cfg.size)),
-        factor_groups={k: list(v) for k, v in FACTOR_GROUPS.items()}, meta=meta)
+        factor_groups={k: list(v) for k, v in FACTOR_GROUPS.items()},
+        factor_hidden={k: {a: list(v) for a, v in d.items()} for k, d in FACTOR_HIDDEN.items()}, meta=meta)
 
 
 def generate(cfg: SynthFacesConfig | None = None, workers: int | None = None) -> ImageDataset:

@@ -198,8 +198,10 @@ def oracle_readback(ds: ImageDataset, part: str, ia: np.ndarray, ib: np.ndarray,
     ``label_from_donor``: share of transfers classified as B's label of ``part`` (when it is a
     labelled discrete attribute); ``labels_kept[attr]``: share classified as A's label for each
     other discrete attribute (for identity-linked ones too: identity swaps change those);
-    ``spearman_donor[col]`` for continuous factors ``part`` owns and ``spearman_kept[col]`` for
-    the others; ``*_truth`` the same read from the true counterfactuals.
+    ``spearman_donor[col]`` for continuous factors ``part`` owns (B's values) and
+    ``spearman_kept[col]`` for the others (A's), over the pairs whose source image shows the factor
+    (``ds.factor_hidden``: a neutral donor has no intensity to transfer); ``*_truth`` the same read
+    from the true counterfactuals.
     """
     owned = set(ds.factor_groups.get(part, []))
     out: dict = {"labels_kept": {}, "labels_kept_truth": {}, "spearman_donor": {}, "spearman_donor_truth": {},
@@ -216,12 +218,21 @@ def oracle_readback(ds: ImageDataset, part: str, ia: np.ndarray, ib: np.ndarray,
             out["labels_kept_truth"][name] = float(np.mean(truth[name] == y[ia]))
     for col in sorted(k for k in transfer if ds.factors is not None and k in ds.factors
                       and not (k in ds.attributes and ds.attributes[k].discrete)):
-        values = np.asarray(ds.factors[col], dtype=np.float64)
-        src = values[ib] if col in owned else values[ia]
+        rows = ib if col in owned else ia
+        shown = visible_rows(ds, col, rows)
+        src = np.asarray(ds.factors[col], dtype=np.float64)[rows][shown]
         key = "spearman_donor" if col in owned else "spearman_kept"
-        out[key][col] = _spearman(src, transfer[col])
-        out[key + "_truth"][col] = _spearman(src, truth[col])
+        out[key][col] = _spearman(src, transfer[col][shown])
+        out[key + "_truth"][col] = _spearman(src, truth[col][shown])
     return out
+
+
+def visible_rows(ds: ImageDataset, col: str, rows: np.ndarray) -> np.ndarray:
+    """Mask over ``rows``: where factor ``col`` shows in the image (``ds.factor_hidden``)."""
+    shown = np.ones(len(rows), dtype=bool)
+    for name, values in ds.factor_hidden.get(col, {}).items():
+        shown &= ~np.isin(ds.labels[name].cpu().numpy()[rows], values)
+    return shown
 
 
 def _fmt(v) -> str:
