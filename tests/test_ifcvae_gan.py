@@ -210,6 +210,21 @@ def test_aux_spread_zero_charges_the_class_means_only(ds):
     assert out["aux_mom"].item() == pytest.approx((sum(means_only) / len(means_only)).item(), rel=1e-4)
 
 
+def test_aux_spread_by_sets_the_spread_weight_per_attribute(ds):
+    from facefactors.nn.losses import label_dependence
+    torch.manual_seed(0)
+    model = build_model(if_config(rec=0.0, kl=0.0, cls=0.0, gan=0.0, aux=0.0, aux_moments=1.0,
+                                  aux_spread=0.0, aux_spread_by={"smile": 1.0}), ds).train()
+    batch = ds.batch(range(64))
+    out = dict(model.train_step(batch, 0, 10))["autoencoder"]
+    mu, _, _ = model._split(model.encoder(batch.image))
+    terms = [label_dependence(mu, batch.labels[a], sp.num_classes if sp.discrete else 0,
+                              spread=1.0 if a == "smile" else 0.0) for a, sp in model.specs.items()]
+    assert out["aux_mom"].item() == pytest.approx((sum(terms) / len(terms)).item(), rel=1e-4)
+    with pytest.raises(FacefactorsError, match="aux_spread_by names \\['beard'\\]"):
+        build_model(if_config(aux_moments=1.0, aux_spread_by={"beard": 1.0}), ds)
+
+
 def test_switched_labels_flip_binary_and_change_every_categorical_class(ds):
     blobs = blobs_dataset(n=32, size=32)
     cfg = build_dataclass(RunConfig, {"model": {"method": "ifcvae_gan", "attributes": ["colour", "place"],
@@ -297,6 +312,8 @@ def test_bce_reconstruction_matches_pixel_bce():
     ("ifcvae_gan_synthfaces_moments.yaml", {"aux": 0.0, "aux_moments": 1.0}),
     ("ifcvae_gan_synthfaces_cls_edit.yaml", {"cls_edit": 1.0}),
     ("ifcvae_gan_synthfaces_moments_means.yaml", {"aux": 0.0, "aux_moments": 1.0, "aux_spread": 0.0}),
+    ("ifcvae_gan_synthfaces_moments_smile_spread.yaml",
+     {"aux": 0.0, "aux_moments": 1.0, "aux_spread": 0.0, "aux_spread_by": {"smile": 1.0}}),
 ])
 def test_configs(name, differs, ds):
     cfg = load_config(CONFIGS / name)

@@ -44,11 +44,12 @@ means leave a fresh linear probe nothing to read, where fooling the current A ne
 ``aux_whiten`` measures it on the means whitened by running statistics
 (``nn.whitening.RunningWhitening``, buffers ``aux_white``), so y kept in directions of small
 variance counts as much as y kept in large ones. ``aux_spread`` weighs the class variance
-mismatch within that term (1: as above; 0: the class means only, which a linear probe reads).
+mismatch within that term (1: as above; 0: the class means only, which a linear probe reads);
+``aux_spread_by`` sets it per attribute.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -97,6 +98,7 @@ class IFcVAEGANParams(MethodParams):
     aux_moments: float = 0.0          # not in the paper: label dependence of z's means (nn.losses.label_dependence)
     aux_whiten: bool = False          # not in the paper: aux_moments on whitened means (nn.whitening)
     aux_spread: float = 1.0           # weight of the class variance mismatch within aux_moments (0: class means only)
+    aux_spread_by: dict[str, float] = field(default_factory=dict)  # per-attribute aux_spread ({smile: 1.0})
     dis_width: int = 0                # discriminator conv width (0: model width)
     dis_norm: str = "batch"
     warmup: float = 0.0               # fraction of training before the aux and GAN terms reach E and D
@@ -195,6 +197,10 @@ class IFcVAEGAN(Method):
                              ("aux_mode", ("max", "confuse")), ("gan_loss", ("nonsaturating", "minimax"))):
             if getattr(p, key) not in allowed:
                 raise ValueError(f"method.{key}={getattr(p, key)!r}: use {' or '.join(allowed)}")
+        unknown_spread = sorted(set(p.aux_spread_by) - {a.name for a in setup.attributes})
+        if unknown_spread:
+            raise ValueError(f"method.aux_spread_by names {unknown_spread}, not among model.attributes "
+                             f"{[a.name for a in setup.attributes]}")
         if p.aux_steps < 1:
             raise ValueError(f"method.aux_steps={p.aux_steps} must be at least 1")
         if p.edit_images < 0:
@@ -371,7 +377,8 @@ class IFcVAEGAN(Method):
                     self.aux_white.update(mu)
                 seen = self.aux_white(mu)
             out["aux_mom"] = s * p.aux_moments * sum(
-                label_dependence(seen, labels[a], sp.num_classes if sp.discrete else 0, spread=p.aux_spread)
+                label_dependence(seen, labels[a], sp.num_classes if sp.discrete else 0,
+                                 spread=p.aux_spread_by.get(a, p.aux_spread))
                 for a, sp in self.specs.items()) / len(self.specs)
         if self.discriminator is not None and s > 0:
             f_rec, f_p = frozen_forward(self.discriminator, x_rec), frozen_forward(self.discriminator, x_p)
