@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from facefactors.config import build_dataclass, load_config
-from facefactors.eval.evaluate import EvalConfig, evaluate, headline
+from facefactors.eval.evaluate import EvalConfig, evaluate, headline, spearman_text
 from facefactors.io import write_json
 from facefactors.runs import load_run
 from facefactors.train.trainer import Trainer
@@ -77,7 +77,7 @@ def markdown(result: dict) -> str:
     if readback:
         out.append("")
         for part, r in readback:
-            rho = ", ".join(f"{c} {v:.2f}" for c, v in (r.get("spearman_donor") or {}).items() if v is not None)
+            rho = spearman_text(r, lambda v: "n/a" if v is None else f"{v:.2f}")
             lfd = r.get("label_from_donor")
             out.append(f"- {part} transfers read back by the oracle: donor's label "
                        f"{'n/a' if lfd is None else f'{lfd:.2f}'}" + (f"; Spearman with the donor's {rho}" if rho else ""))

@@ -331,6 +331,7 @@ def test_counterfactual_oracle_readback(ds, colour_from, expected):
     assert r["label_from_donor_truth"] == 1.0
     assert r["labels_kept"] == {"shape": 1.0, "background": 1.0}
     assert r["spearman_kept"]["x"] == pytest.approx(1.0) and r["spearman_donor"] == {}
+    assert r["spearman_kept_recon"]["x"] == pytest.approx(1.0)  # the oracle model re-renders exactly
 
 
 def test_oracle_readback_skips_rows_where_the_factor_does_not_show():
@@ -364,3 +365,11 @@ def test_synthfaces_declares_neutral_intensity_hidden():
     a = ds.renderer({**f, "expression_intensity": np.array([0.3])})
     b = ds.renderer({**f, "expression_intensity": np.array([1.0])})
     np.testing.assert_array_equal(a, b)  # a neutral face's intensity changes no pixel
+
+
+def test_spearman_text_names_the_ceilings():
+    from facefactors.eval.evaluate import spearman_text
+
+    r = {"spearman_donor": {"i": 0.3}, "spearman_donor_recon": {"i": 0.45}, "spearman_donor_truth": {"i": 0.9}}
+    assert spearman_text(r, "{:.2f}".format) == "i 0.30 (reconstructions 0.45, true images 0.90)"
+    assert spearman_text({"spearman_donor": {"i": 0.3}}, "{:.2f}".format) == "i 0.30"

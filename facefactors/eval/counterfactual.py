@@ -125,7 +125,7 @@ def counterfactual_transfer(model, ds: ImageDataset, indices=None, n_pairs: int 
         n_region = 0
         ex = {"a": [], "b": [], "truth": [], "transfer": []}
         n_ex = 0
-        read = {"transfer": [], "truth": []}
+        read = {"transfer": [], "truth": [], "recon": []}
         with inference(model):
             for start in range(0, len(ia), batch_size):
                 ba, bb = ia[start:start + batch_size], ib[start:start + batch_size]
@@ -154,6 +154,7 @@ def counterfactual_transfer(model, ds: ImageDataset, indices=None, n_pairs: int 
                 if oracle is not None:
                     read["transfer"].append(oracle.predict(to_uint8_image(transfer.cpu())))
                     read["truth"].append(oracle.predict(t_u8))
+                    read["recon"].append(oracle.predict(to_uint8_image(recon.cpu())))
                 if n_ex < n_examples:
                     take = min(n_examples - n_ex, len(ba))
                     for key, u8 in (("a", a_u8), ("b", b_u8), ("truth", t_u8),
@@ -172,7 +173,8 @@ def counterfactual_transfer(model, ds: ImageDataset, indices=None, n_pairs: int 
             "n_pairs": int(len(ia)),
         }
         if oracle is not None:
-            metrics[p]["oracle"] = oracle_readback(ds, p, ia, ib, _stack(read["transfer"]), _stack(read["truth"]))
+            metrics[p]["oracle"] = oracle_readback(ds, p, ia, ib, _stack(read["transfer"]), _stack(read["truth"]),
+                                                   _stack(read["recon"]))
         examples[p] = {k: np.concatenate(v) for k, v in ex.items()}
         if log:
             m = metrics[p]
@@ -192,7 +194,8 @@ def _spearman(x: np.ndarray, y: np.ndarray) -> float | None:
 
 
 def oracle_readback(ds: ImageDataset, part: str, ia: np.ndarray, ib: np.ndarray,
-                    transfer: dict[str, np.ndarray], truth: dict[str, np.ndarray]) -> dict:
+                    transfer: dict[str, np.ndarray], truth: dict[str, np.ndarray],
+                    recon: dict[str, np.ndarray] | None = None) -> dict:
     """What an independent oracle reads from transfers of ``part`` from B (``ib``) into A (``ia``).
 
     ``label_from_donor``: share of transfers classified as B's label of ``part`` (when it is a
@@ -201,7 +204,8 @@ def oracle_readback(ds: ImageDataset, part: str, ia: np.ndarray, ib: np.ndarray,
     ``spearman_donor[col]`` for continuous factors ``part`` owns (B's values) and
     ``spearman_kept[col]`` for the others (A's), over the pairs whose source image shows the factor
     (``ds.factor_hidden``: a neutral donor has no intensity to transfer); ``*_truth`` the same read
-    from the true counterfactuals.
+    from the true counterfactuals, and ``*_recon`` from the model's reconstructions of them (what
+    the model can render at all: a transfer is rarely read better than that).
     """
     owned = set(ds.factor_groups.get(part, []))
     out: dict = {"labels_kept": {}, "labels_kept_truth": {}, "spearman_donor": {}, "spearman_donor_truth": {},
@@ -224,6 +228,8 @@ def oracle_readback(ds: ImageDataset, part: str, ia: np.ndarray, ib: np.ndarray,
         key = "spearman_donor" if col in owned else "spearman_kept"
         out[key][col] = _spearman(src, transfer[col][shown])
         out[key + "_truth"][col] = _spearman(src, truth[col][shown])
+        if recon is not None:
+            out.setdefault(key + "_recon", {})[col] = _spearman(src, recon[col][shown])
     return out
 
 

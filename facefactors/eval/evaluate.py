@@ -146,7 +146,8 @@ def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
         r = m.get("oracle")
         if r:
             out["counterfactual"][p]["label_from_donor"] = r.get("label_from_donor")
-            out["counterfactual"][p]["spearman_donor"] = r.get("spearman_donor")
+            for key in ("spearman_donor", "spearman_donor_recon", "spearman_donor_truth"):
+                out["counterfactual"][p][key] = r.get(key)
     out["mig"] = metrics.get("mig")
     out["dci_disentanglement"] = (metrics.get("dci") or {}).get("disentanglement")
     return out
@@ -154,6 +155,17 @@ def headline(metrics: Mapping[str, Any]) -> dict[str, Any]:
 
 def _f(v, fmt: str = "{:.3f}") -> str:
     return "n/a" if v is None else fmt.format(v)
+
+
+def spearman_text(readback: Mapping[str, Any], fmt: Callable[[Any], str]) -> str:
+    """'col rho (reconstructions r, true images t), ...' for a part's headline read-back."""
+    rec, truth = readback.get("spearman_donor_recon") or {}, readback.get("spearman_donor_truth") or {}
+    out = []
+    for c, v in (readback.get("spearman_donor") or {}).items():
+        ceilings = [f"{name} {fmt(d[c])}" for name, d in (("reconstructions", rec), ("true images", truth))
+                    if d.get(c) is not None]
+        out.append(f"{c} {fmt(v)}" + (f" ({', '.join(ceilings)})" if ceilings else ""))
+    return ", ".join(out)
 
 
 def headline_lines(metrics: Mapping[str, Any]) -> list[str]:
@@ -171,7 +183,7 @@ def headline_lines(metrics: Mapping[str, Any]) -> list[str]:
                      f"to no change {_f(r['ratio_to_no_change'])}; region: "
                      f"{_f(r['region_ratio_to_reconstruction'])} / {_f(r['region_ratio_to_no_change'])}")
         if r.get("label_from_donor") is not None or r.get("spearman_donor"):
-            rho = ", ".join(f"{c} {_f(v)}" for c, v in (r.get("spearman_donor") or {}).items())
+            rho = spearman_text(r, _f)
             lines.append(f"  read back by the oracle: donor's {part} label {_f(r.get('label_from_donor'))}"
                          + (f"; Spearman with the donor's {rho}" if rho else ""))
     if "mig" in metrics or "dci" in metrics:
