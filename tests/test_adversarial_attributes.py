@@ -174,6 +174,29 @@ def test_hybrid_batch_decodes_only_the_first_hybrids():
         build_model(aa_config(hybrid_batch=-1), ds)
 
 
+def test_latent_cycle_asks_hybrids_to_give_back_their_codes():
+    from facefactors.latent import Latent
+    from facefactors.methods.adversarial_attributes import latent_cycle_loss
+
+    z = Latent({"a": torch.randn(6, 2, 3, 3), "rest": 5.0 * torch.randn(6, 4, 3, 3)})
+    assert latent_cycle_loss(z, z).item() == 0.0
+    # each part's error is over its own variance: the same relative error costs the same
+    noisy = z.map(lambda t: t + 0.1 * t.flatten(1).var(0).mean().sqrt() * torch.randn_like(t))
+    per_part = [latent_cycle_loss(Latent({q: noisy[q]}), Latent({q: z[q]})).item() for q in z.parts]
+    assert per_part[0] == pytest.approx(per_part[1], rel=0.5) and 0.0 < per_part[0] < 0.05
+    ds = blobs_dataset()
+    torch.manual_seed(0)
+    model = build_model(aa_config(latent_cycle=1.0, kl=0.1), ds)
+    out = dict(model.train_step(ds.batch(range(8)), 0, 100))["autoencoder"]
+    out["latent_cyc"].backward()
+    assert all(p.grad is not None for p in model.decoder.parameters())  # it reaches the decoder
+    torch.manual_seed(0)
+    plain = dict(build_model(aa_config(kl=0.1), ds).train_step(ds.batch(range(8)), 0, 100))["autoencoder"]
+    assert "latent_cyc" not in plain
+    assert {k: v.item() for k, v in plain.items()} == pytest.approx(
+        {k: v.item() for k, v in out.items() if k != "latent_cyc"})
+
+
 def test_memory_adds_past_codes_to_the_dependence_terms():
     from facefactors.nn.losses import label_kernel_dependence
 

@@ -42,7 +42,11 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   A closed-form measure cannot fall behind the encoders the way a trained adversary does.
   ``memory`` > 0 keeps that many past codes and labels (detached; buffers, so resume is exact)
   and measures on them together with the batch: with 100 identities a batch of 32 rarely holds
-  two faces of one identity. In a 30-minute run it did not lower leakage (BENCHMARKS.md).
+  two faces of one identity. In a 30-minute run it did not lower leakage (BENCHMARKS.md);
+- ``latent_cycle`` > 0: each hybrid is encoded again and every part must come back as the code it
+  was decoded from (squared error over the code's variance; ``latent_cycle_loss``). The critic only
+  asks hybrids to look real and C_m only reads their labels; this asks the decoder to render all of
+  each part in them, so a transfer keeps as much of the donor's part as a reconstruction does.
 """
 from __future__ import annotations
 
@@ -100,6 +104,7 @@ class AdversarialAttributesParams(MethodParams):
     whiten: bool = False                  # moments / kernel see whitened parts (nn.whitening)
     hybrid_batch: int = 0                 # hybrids decoded per step (0: the whole batch)
     memory: int = 0                       # moments / kernel also see this many past codes (detached)
+    latent_cycle: float = 0.0             # hybrids re-encoded must give back the codes they were decoded from (not in the paper)
 
 
 def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -110,6 +115,16 @@ def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     """KL(N(mu, exp(logvar)) || N(0, I)) in nats, summed over the code, batch mean."""
     return 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).flatten(1).sum(1).mean()
+
+
+def latent_cycle_loss(back: Latent, target: Latent) -> torch.Tensor:
+    """Mean over parts of the squared error of re-encoded codes ``back`` against the (detached) codes
+    they were decoded from, each over its target's variance, so no part wins by its scale."""
+    terms = []
+    for q in target.parts:
+        t = target[q].detach().float().flatten(1)
+        terms.append(F.mse_loss(back[q].float().flatten(1), t) / t.var(0).mean().clamp_min(1e-6))
+    return sum(terms) / len(terms)
 
 
 def shuffle_parts(z: Latent, attributes: list[str], generator: torch.Generator | None = None
@@ -332,4 +347,6 @@ class AdversarialAttributes(Method):
                                                for a in self.attributes) / len(self.attributes)
         if use_critic:
             out["adv"] = -s * p.adv * self.critic(x_mix).mean()
+        if use_hybrid and p.latent_cycle > 0:
+            out["latent_cyc"] = s * p.latent_cycle * latent_cycle_loss(self.encode(x_mix), z_mix)
         yield "autoencoder", out
