@@ -120,6 +120,29 @@ def test_confuse_extra_must_name_an_unmodelled_attribute():
         build_model(aa_config(confuse_extra=["colour"]), blobs_dataset())
 
 
+def test_confuse_linked_keeps_identity_linked_attributes_in_identity_only():
+    from facefactors.data import make_dataset
+
+    faces = make_dataset({"name": "synthfaces", "size": 32, "n": 64, "n_identities": 6, "seed": 1})
+    cfg = build_dataclass(RunConfig, {
+        "seed": 0, "data": {"name": "synthfaces", "size": 32},
+        "model": {"method": "adversarial_attributes", "attributes": ["identity", "expression"], "width": 8},
+        "method": {"code_channels": 4, "code_size": 4, "critic_width": 8, "adversary_hidden": 16, "kernel": 1.0,
+                   "confuse_extra": ["pose"], "confuse_linked": ["skin_tone", "hair_colour"]}})
+    model = build_model(cfg, faces)
+    linked = [(q, a) for q, a in model.confusion_pairs if a in ("skin_tone", "hair_colour")]
+    assert linked == [(q, a) for q in ("expression", "rest") for a in ("skin_tone", "hair_colour")]
+    assert ("expression", "pose") in model.confusion_pairs and ("rest", "pose") not in model.confusion_pairs
+    assert {"expression__skin_tone", "rest__hair_colour"} <= set(model.adversaries)
+    out = dict(model.train_step(faces.batch(range(16)), 50, 100))["autoencoder"]
+    assert torch.isfinite(out["kernel"]) and torch.isfinite(out["dis_mlp"])
+    with pytest.raises(FacefactorsError, match="'pose' is in both"):
+        build_model(build_dataclass(RunConfig, {**cfg.to_dict(), "method": {
+            **cfg.to_dict()["method"], "confuse_linked": ["pose"]}}), faces)
+    with pytest.raises(FacefactorsError, match="identity part, which is not modelled"):
+        build_model(aa_config(confuse_linked=["background"]), blobs_dataset())
+
+
 def test_dependence_terms_cover_the_confusion_pairs_and_see_leaks(tmp_path):
     import json
 

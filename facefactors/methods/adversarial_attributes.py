@@ -20,6 +20,10 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   adversary: an encoder satisfies it by moving orthogonal to its weights);
 - ``confuse_extra``: labelled attributes that are not modelled (background, pose, glasses)
   whose MLP adversaries confuse the attribute parts too, so those nuisances go to ``rest``;
+  ``confuse_linked``: identity-linked attributes (skin tone, hair colour) that every part but
+  ``identity`` must not carry, ``rest`` included: an illumination part that reads brightness as
+  skin tone leaks identity, and with 100 identities a batch of 32 has too few same-identity pairs
+  for the terms on identity itself to see it;
 - ``kl`` > 0: a variational bottleneck: each encoder gives a mean and a log-variance, the
   decoder sees a sample during training and KL(q || N(0, I)) (nats, summed over the code)
   is charged. Information kept in two parts is paid for twice, so redundancy, the source of
@@ -94,6 +98,7 @@ class AdversarialAttributesParams(MethodParams):
     adversary_lr: float = 0.0             # their learning rate (0: classifier_lr)
     adversary_steps: int = 1              # their updates per step on the detached codes (cheap: MLPs)
     confuse_extra: tuple[str, ...] = ()   # unmodelled attributes the attribute parts must not carry
+    confuse_linked: tuple[str, ...] = ()  # identity-linked attributes every part but identity must not carry
     kl: float = 0.0                       # variational bottleneck weight per nat (0: deterministic codes)
     warmup: float = 0.0                   # fraction of training before dis/hybrid/adv start
     ramp: float = 0.0                     # fraction of training over which they ramp to full weight
@@ -155,21 +160,30 @@ class AdversarialAttributes(Method):
             raise ValueError(f"method.hybrid_batch={p.hybrid_batch!r} and method.memory={p.memory!r} must be >= 0")
         self.attributes = [a.name for a in setup.attributes]
         self.n_classes = {a.name: a.num_classes for a in setup.attributes}
-        self.extra_classes = dict(setup.extra_attributes) if p.confuse_extra else {}
-        missing = [a for a in p.confuse_extra if a not in self.extra_classes]
-        if missing:
-            raise ValueError(f"confuse_extra names {missing[0]!r}, which is not a categorical attribute of the "
-                             f"dataset (or is modelled already); available: {', '.join(setup.extra_attributes)}")
-        self.extra_classes = {a: self.extra_classes[a] for a in p.confuse_extra}
-        if self.extra_classes and p.adversary_hidden <= 0 and p.moments <= 0 and p.kernel <= 0:
-            raise ValueError("confuse_extra needs MLP adversaries (adversary_hidden > 0) or dependence terms "
-                             "(moments or kernel > 0)")
+        if p.confuse_linked and "identity" not in self.n_classes:
+            raise ValueError("confuse_linked keeps identity-linked attributes in the identity part, which is "
+                             "not modelled (model.attributes)")
+        for key in ("confuse_extra", "confuse_linked"):
+            missing = [a for a in getattr(p, key) if a not in setup.extra_attributes]
+            if missing:
+                raise ValueError(f"{key} names {missing[0]!r}, which is not a categorical attribute of the "
+                                 f"dataset (or is modelled already); available: {', '.join(setup.extra_attributes)}")
+        both = sorted(set(p.confuse_extra) & set(p.confuse_linked))
+        if both:
+            raise ValueError(f"{both[0]!r} is in both confuse_extra and confuse_linked; name it in one")
+        self.extra_classes = {a: setup.extra_attributes[a] for a in p.confuse_extra}
+        self.linked_classes = {a: setup.extra_attributes[a] for a in p.confuse_linked}
+        if (self.extra_classes or self.linked_classes) and p.adversary_hidden <= 0 and p.moments <= 0 and p.kernel <= 0:
+            raise ValueError("confuse_extra and confuse_linked need MLP adversaries (adversary_hidden > 0) or "
+                             "dependence terms (moments or kernel > 0)")
         parts = self.attributes + ["rest"]
         # (part, attribute) pairs the part must not carry: every other modelled attribute (rest:
-        # all of them) and, for the attribute parts, the unmodelled nuisances of confuse_extra
+        # all of them), for the attribute parts the unmodelled nuisances of confuse_extra, and for
+        # every part but identity (rest included) the identity-linked attributes of confuse_linked
         self.confusion_pairs = ([(q, a) for q in parts for a in self.n_classes if a != q]
-                                + [(q, a) for q in self.attributes for a in self.extra_classes])
-        self.confusion_classes = {**self.n_classes, **self.extra_classes}
+                                + [(q, a) for q in self.attributes for a in self.extra_classes]
+                                + [(q, a) for q in parts if q != "identity" for a in self.linked_classes])
+        self.confusion_classes = {**self.n_classes, **self.extra_classes, **self.linked_classes}
         out_channels = p.code_channels * (2 if p.kl > 0 else 1)
         self.encoders = nn.ModuleDict({
             n: MapEncoder(setup.image_size, setup.channels, out_channels, p.code_size,
