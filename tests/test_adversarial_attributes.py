@@ -275,3 +275,44 @@ def test_dependence_configs(name, base_name, differs):
            {k: v for k, v in vars(base_params).items() if k not in differs}
     assert (cfg.data, cfg.model, cfg.seed) == (base.data, base.model, base.seed)
     assert cfg.train.time_budget_min == 30 and cfg.data["size"] == 64
+
+
+def test_identity_pairs_draw_same_identity_partners_for_the_terms(tmp_path):
+    import json
+
+    from facefactors.data import make_dataset
+
+    faces = make_dataset({"name": "synthfaces", "size": 32, "n": 96, "n_identities": 12, "seed": 1})
+    raw = {"seed": 0, "data": {"name": "synthfaces", "size": 32, "n": 96, "n_identities": 12, "seed": 1},
+           "model": {"method": "adversarial_attributes", "attributes": ["identity", "illumination"], "width": 8},
+           "method": {"code_channels": 4, "code_size": 4, "critic_width": 8, "kernel": 1.0, "kl": 0.1,
+                      "identity_pairs": 6, "identity_compact": 1.0},
+           "train": {"steps": 3, "batch_size": 8, "log_every": 1, "checkpoint_every": 100, "preview_every": 0,
+                     "progress": False}}
+    cfg = build_dataclass(RunConfig, raw)
+    model = build_model(cfg, faces)
+    batch = faces.batch(range(8))
+    with pytest.raises(RuntimeError, match="no dataset is bound"):
+        dict(model.train_step(batch, 50, 100))
+    model.bind_dataset(faces, seed=0)
+    xp, labels_p = model.partners(batch, step=7)
+    assert xp.shape == (6, 3, 32, 32) and torch.equal(labels_p["identity"], batch.labels["identity"][:6])
+    again, _ = model.partners(batch, step=7)
+    assert torch.equal(xp, again)  # a pure function of the step: resume draws the same partners
+    train_ids = set(faces.split("train").tolist())
+    for img in xp:  # each partner is a train image of its anchor's identity
+        hits = [i for i in train_ids if torch.equal(faces.images[i].float() / 127.5 - 1.0, img)]
+        assert hits
+    torch.manual_seed(0)
+    model.train()
+    out = dict(model.train_step(batch, 50, 100))["autoencoder"]
+    # the compactness term sees 14 codes: 8 of the batch and 6 partners that share an identity
+    assert torch.isfinite(out["compact"]) and out["compact"].item() > 0
+    out["compact"].backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoders["identity"].parameters())
+    assert all(p.grad is None for p in model.encoders["illumination"].parameters())
+    with pytest.raises(FacefactorsError, match="identity_compact needs identity_pairs"):
+        build_model(build_dataclass(RunConfig, {**raw, "method": {**raw["method"], "identity_pairs": 0}}), faces)
+    Trainer(cfg, tmp_path / "r", dataset=faces, log=lambda m: None).fit()  # the trainer binds the dataset
+    rec = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[-1])
+    assert "autoencoder/kernel" in rec and "autoencoder/compact" in rec

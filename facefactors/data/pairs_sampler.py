@@ -19,7 +19,17 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from facefactors.data.specs import to_float_image
 from facefactors.errors import FacefactorsError
+
+
+def fetch_like(images: torch.Tensor, idx: np.ndarray, like: torch.Tensor) -> torch.Tensor:
+    """Dataset images ``images[idx]`` (uint8) as floats with ``like``'s device, dtype and memory
+    format (partners drawn by a sampler, next to the batch they join)."""
+    x = to_float_image(images[torch.from_numpy(np.asarray(idx, dtype=np.int64))]).to(like.device, like.dtype)
+    if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x
 
 
 class PairSampler:

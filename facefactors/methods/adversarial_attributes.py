@@ -50,7 +50,15 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
 - ``latent_cycle`` > 0: each hybrid is encoded again and every part must come back as the code it
   was decoded from (squared error over the code's variance; ``latent_cycle_loss``). The critic only
   asks hybrids to look real and C_m only reads their labels; this asks the decoder to render all of
-  each part in them, so a transfer keeps as much of the donor's part as a reconstruction does.
+  each part in them, so a transfer keeps as much of the donor's part as a reconstruction does;
+- ``identity_pairs`` > 0: with the dataset bound (the trainer binds it), the first n images get a
+  partner of the same identity from the train split (``data.pairs_sampler``, a pure function of
+  the step, so resume stays exact). The partners are encoded (not decoded), and the dependence
+  terms measure on batch and partners: a batch of 32 from 100 identities otherwise holds almost
+  no two faces of one identity, so no term sees what the other parts keep of it.
+  ``identity_compact`` charges the share of the identity part's variance that lies within
+  identities (``nn.losses.within_class_share``; 0: the part is a function of identity), which
+  also takes out what a probe reads only within an identity (its lighting, say).
 """
 from __future__ import annotations
 
@@ -61,7 +69,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facefactors.data.specs import Batch
+from facefactors.data.pairs_sampler import PairSampler, fetch_like
+from facefactors.data.specs import Batch, ImageDataset
 from facefactors.latent import Latent
 from facefactors.methods.autoencoder import reconstruction_loss
 from facefactors.methods.base import Method, MethodParams, ModelSetup, OptimizerSpec, warmup_ramp
@@ -70,7 +79,7 @@ from facefactors.nn.classifiers import CodeShapedClassifier, MLPHead
 from facefactors.nn.critics import PatchCritic, gradient_penalty
 from facefactors.nn.decoders import MapDecoder
 from facefactors.nn.encoders import MapEncoder
-from facefactors.nn.losses import code_kernel, label_dependence, label_kernel_dependence
+from facefactors.nn.losses import code_kernel, label_dependence, label_kernel_dependence, within_class_share
 from facefactors.nn.whitening import RunningWhitening
 
 
@@ -110,6 +119,8 @@ class AdversarialAttributesParams(MethodParams):
     hybrid_batch: int = 0                 # hybrids decoded per step (0: the whole batch)
     memory: int = 0                       # moments / kernel also see this many past codes (detached)
     latent_cycle: float = 0.0             # hybrids re-encoded must give back the codes they were decoded from (not in the paper)
+    identity_pairs: int = 0               # same-identity partners drawn for the first n images, encoded for the terms below
+    identity_compact: float = 0.0         # within-identity share of the identity part's variance (not in the paper)
 
 
 def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -156,8 +167,13 @@ class AdversarialAttributes(Method):
         if not setup.attributes:
             raise ValueError("adversarial_attributes needs at least one attribute")
         p = params
-        if p.hybrid_batch < 0 or p.memory < 0:
-            raise ValueError(f"method.hybrid_batch={p.hybrid_batch!r} and method.memory={p.memory!r} must be >= 0")
+        if p.hybrid_batch < 0 or p.memory < 0 or p.identity_pairs < 0:
+            raise ValueError(f"method.hybrid_batch={p.hybrid_batch!r}, method.memory={p.memory!r} and "
+                             f"method.identity_pairs={p.identity_pairs!r} must be >= 0")
+        if (p.identity_pairs > 0 or p.identity_compact > 0) and "identity" not in [a.name for a in setup.attributes]:
+            raise ValueError("identity_pairs and identity_compact need an identity part (model.attributes)")
+        if p.identity_compact > 0 and p.identity_pairs <= 0:
+            raise ValueError("identity_compact needs identity_pairs > 0: a batch alone rarely holds two faces of one identity")
         self.attributes = [a.name for a in setup.attributes]
         self.n_classes = {a.name: a.num_classes for a in setup.attributes}
         if p.confuse_linked and "identity" not in self.n_classes:
@@ -209,6 +225,26 @@ class AdversarialAttributes(Method):
             self.register_buffer("memory_labels", torch.zeros(len(self.confusion_classes), p.memory, dtype=torch.long))
             self.register_buffer("memory_filled", torch.zeros((), dtype=torch.long))
             self.register_buffer("memory_next", torch.zeros((), dtype=torch.long))
+        self._partners: PairSampler | None = None
+        self._images: torch.Tensor | None = None
+        self._labels: dict[str, torch.Tensor] = {}
+
+    # ------------------------------------------------------------------ data
+    def bind_dataset(self, ds: ImageDataset, seed: int = 0, split: str = "train") -> None:
+        """With ``identity_pairs``: draw same-identity partners from ``ds``'s ``split``."""
+        if self.params.identity_pairs > 0:
+            self._partners = PairSampler(ds.labels["identity"], ds.split(split), seed)
+            self._images = ds.images
+            self._labels = {a: ds.labels[a] for a in self.confusion_classes}
+
+    def partners(self, batch: Batch, step: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Images of the same identity as the batch's first ``identity_pairs`` images, drawn from
+        the bound split, and their labels (every attribute the terms see)."""
+        n = min(self.params.identity_pairs, len(batch.image))
+        idx, _ = self._partners.same(batch.index[:n].cpu().numpy(), step)
+        rows = torch.from_numpy(idx)
+        return (fetch_like(self._images, idx, batch.image),
+                {a: v[rows].to(batch.image.device) for a, v in self._labels.items()})
 
     # ------------------------------------------------------------------ the model
     @property
@@ -314,7 +350,17 @@ class AdversarialAttributes(Method):
         yield "classifiers", {"cls_real": sum(F.cross_entropy(self.classifiers[a](x), labels[a])
                                               for a in self.attributes) / len(self.attributes)}
 
-        z, z_sample, kl = self.encode_stochastic(x)
+        b = len(x)
+        if p.identity_pairs > 0 and self._partners is None:
+            raise RuntimeError("adversarial_attributes: identity_pairs > 0 but no dataset is bound (bind_dataset)")
+        if self._partners is not None:  # encoded in one pass with the batch: the same norm statistics
+            xp, labels_p = self.partners(batch, step)
+            z_all, z_sample, kl = self.encode_stochastic(torch.cat([x, xp]))
+            z, z_sample = z_all.index(slice(0, b)), z_sample.index(slice(0, b))
+            labels_all = {a: torch.cat([labels[a], labels_p[a]]) for a in labels_p}
+        else:
+            z_all, labels_all = None, None
+            z, z_sample, kl = self.encode_stochastic(x)
         x_rec = self.decode(z_sample)
         use_critic = self.critic is not None and s > 0 and step % p.critic_every == 0
         use_hybrid = s > 0 and (p.hybrid > 0 or use_critic)
@@ -354,8 +400,12 @@ class AdversarialAttributes(Method):
         if self.adversaries is not None and p.adversary > 0 and s > 0:
             terms = [uniform_cross_entropy(head(z[key.split("__")[0]])) for key, head in self.adversaries.items()]
             out["dis_mlp"] = s * p.adversary * sum(terms) / len(terms)
+        z_dep, labels_dep = (z, labels) if z_all is None else (z_all, labels_all)  # with partners
         if (p.moments > 0 or p.kernel > 0) and s > 0:
-            out.update(self.dependence_terms(z, labels, s))
+            out.update(self.dependence_terms(z_dep, labels_dep, s))
+        if p.identity_compact > 0 and s > 0 and z_all is not None:
+            out["compact"] = s * p.identity_compact * within_class_share(
+                self._part_seen(z_dep, "identity"), labels_dep["identity"], self.n_classes["identity"])
         if use_hybrid and p.hybrid > 0:
             out["hybrid"] = s * p.hybrid * sum(F.cross_entropy(self.classifiers[a](x_mix), labels[a][perms[a]])
                                                for a in self.attributes) / len(self.attributes)

@@ -61,8 +61,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from facefactors.data.pairs_sampler import PairSampler, in_batch_partners
-from facefactors.data.specs import Batch, ImageDataset, to_float_image
+from facefactors.data.pairs_sampler import PairSampler, fetch_like, in_batch_partners
+from facefactors.data.specs import Batch, ImageDataset
 from facefactors.latent import Latent
 from facefactors.methods.autoencoder import reconstruction_loss
 from facefactors.methods.base import Method, MethodParams, ModelSetup, OptimizerSpec
@@ -241,10 +241,7 @@ class CycleVAE(Method):
         return self._pairs is not None and mode != "batch"
 
     def _fetch(self, idx: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-        x = to_float_image(self._images[torch.from_numpy(idx)]).to(like.device, like.dtype)
-        if like.is_contiguous(memory_format=torch.channels_last) and not like.is_contiguous():
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+        return fetch_like(self._images, idx, like)
 
     def _kl(self, mu: torch.Tensor, logvar: torch.Tensor, pixels: int) -> torch.Tensor:
         lv = logvar.float()
