@@ -258,6 +258,8 @@ def test_memory_adds_past_codes_to_the_dependence_terms():
      {"memory": 224}),
     ("adversarial_attributes_synthfaces_dependence_no_dis.yaml", "adversarial_attributes_synthfaces_dependence.yaml",
      {"dis": 0.0, "adversary": 0.0, "moments": 0.0, "kernel": 0.0}),
+    ("adversarial_attributes_synthfaces_linked.yaml", "adversarial_attributes_synthfaces_dependence.yaml",
+     {"kl": 0.03, "confuse_linked": ("skin_tone", "hair_colour"), "identity_pairs": 16, "identity_compact": 10.0}),
 ])
 def test_dependence_configs(name, base_name, differs):
     from pathlib import Path
