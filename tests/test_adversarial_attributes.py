@@ -199,7 +199,7 @@ def test_hybrid_batch_decodes_only_the_first_hybrids():
 
 def test_latent_cycle_asks_hybrids_to_give_back_their_codes():
     from facefactors.latent import Latent
-    from facefactors.methods.adversarial_attributes import latent_cycle_loss
+    from facefactors.nn.losses import code_cycle_error as latent_cycle_loss
 
     z = Latent({"a": torch.randn(6, 2, 3, 3), "rest": 5.0 * torch.randn(6, 4, 3, 3)})
     assert latent_cycle_loss(z, z).item() == 0.0

@@ -48,7 +48,7 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   and measures on them together with the batch: with 100 identities a batch of 32 rarely holds
   two faces of one identity. In a 30-minute run it did not lower leakage (BENCHMARKS.md);
 - ``latent_cycle`` > 0: each hybrid is encoded again and every part must come back as the code it
-  was decoded from (squared error over the code's variance; ``latent_cycle_loss``). The critic only
+  was decoded from (squared error over the code's variance; ``nn.losses.code_cycle_error``). The critic only
   asks hybrids to look real and C_m only reads their labels; this asks the decoder to render all of
   each part in them, so a transfer keeps as much of the donor's part as a reconstruction does;
 - ``identity_pairs`` > 0: with the dataset bound (the trainer binds it), the first n images get a
@@ -79,7 +79,8 @@ from facefactors.nn.classifiers import CodeShapedClassifier, MLPHead
 from facefactors.nn.critics import PatchCritic, gradient_penalty
 from facefactors.nn.decoders import MapDecoder
 from facefactors.nn.encoders import MapEncoder
-from facefactors.nn.losses import code_kernel, label_dependence, label_kernel_dependence, within_class_share
+from facefactors.nn.losses import (code_cycle_error, code_kernel, label_dependence, label_kernel_dependence,
+                                   within_class_share)
 from facefactors.nn.whitening import RunningWhitening
 
 
@@ -133,16 +134,6 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).flatten(1).sum(1).mean()
 
 
-def latent_cycle_loss(back: Latent, target: Latent) -> torch.Tensor:
-    """Mean over parts of the squared error of re-encoded codes ``back`` against the (detached) codes
-    they were decoded from, each over its target's variance, so no part wins by its scale."""
-    terms = []
-    for q in target.parts:
-        t = target[q].detach().float().flatten(1)
-        terms.append(F.mse_loss(back[q].float().flatten(1), t) / t.var(0).mean().clamp_min(1e-6))
-    return sum(terms) / len(terms)
-
-
 def shuffle_parts(z: Latent, attributes: list[str], generator: torch.Generator | None = None
                   ) -> tuple[Latent, dict[str, torch.Tensor]]:
     """Permute each attribute part independently across the batch (``rest`` stays): Eq. 5."""
@@ -170,15 +161,14 @@ class AdversarialAttributes(Method):
         if p.hybrid_batch < 0 or p.memory < 0 or p.identity_pairs < 0:
             raise ValueError(f"method.hybrid_batch={p.hybrid_batch!r}, method.memory={p.memory!r} and "
                              f"method.identity_pairs={p.identity_pairs!r} must be >= 0")
-        if (p.identity_pairs > 0 or p.identity_compact > 0) and "identity" not in [a.name for a in setup.attributes]:
-            raise ValueError("identity_pairs and identity_compact need an identity part (model.attributes)")
         if p.identity_compact > 0 and p.identity_pairs <= 0:
             raise ValueError("identity_compact needs identity_pairs > 0: a batch alone rarely holds two faces of one identity")
         self.attributes = [a.name for a in setup.attributes]
         self.n_classes = {a.name: a.num_classes for a in setup.attributes}
-        if p.confuse_linked and "identity" not in self.n_classes:
-            raise ValueError("confuse_linked keeps identity-linked attributes in the identity part, which is "
-                             "not modelled (model.attributes)")
+        needs_identity = [k for k in ("confuse_linked", "identity_pairs", "identity_compact") if getattr(p, k)]
+        if needs_identity and "identity" not in self.n_classes:
+            raise ValueError(f"{' and '.join(needs_identity)} need an identity part, which is not modelled "
+                             "(model.attributes)")
         for key in ("confuse_extra", "confuse_linked"):
             missing = [a for a in getattr(p, key) if a not in setup.extra_attributes]
             if missing:
@@ -412,5 +402,5 @@ class AdversarialAttributes(Method):
         if use_critic:
             out["adv"] = -s * p.adv * self.critic(x_mix).mean()
         if use_hybrid and p.latent_cycle > 0:
-            out["latent_cyc"] = s * p.latent_cycle * latent_cycle_loss(self.encode(x_mix), z_mix)
+            out["latent_cyc"] = s * p.latent_cycle * code_cycle_error(self.encode(x_mix), z_mix)
         yield "autoencoder", out

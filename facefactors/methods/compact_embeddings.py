@@ -124,7 +124,7 @@ from facefactors.methods.autoencoder import reconstruction_loss
 from facefactors.methods.base import Method, MethodParams, ModelSetup, OptimizerSpec
 from facefactors.methods.registry import register
 from facefactors.nn.classifiers import MLPHead
-from facefactors.nn.losses import label_dependence, label_kernel_dependence, within_class_share
+from facefactors.nn.losses import code_cycle_error, label_dependence, label_kernel_dependence, within_class_share
 from facefactors.nn.critics import PatchCritic
 from facefactors.nn.decoders import VectorDecoder
 from facefactors.nn.encoders import VectorEncoder
@@ -592,11 +592,7 @@ class CompactEmbeddings(Method):
         f_mix, _ = shuffle_parts(f, self.part_names)
         z_mix = self.phi_inv(f_mix).float()
         back = self.phi(z_mix)
-        cycle = 0.0
-        for q in self.part_names:
-            target = f_mix[q].detach().float()
-            cycle = cycle + F.mse_loss(back[q].float(), target) / target.var(0).mean().clamp_min(1e-6)
-        cycle = cycle / len(self.part_names)
+        cycle = code_cycle_error(back, f_mix)
         zd = z.detach().float()
         scale = zd.var(0).mean().clamp_min(1e-6)
         mean_gap = (z_mix.mean(0) - zd.mean(0)).pow(2).mean()

@@ -146,3 +146,14 @@ def within_class_share(x: torch.Tensor, y: torch.Tensor, num_classes: int, eps: 
     within = (x - means[y]).pow(2).sum() / len(x)
     total = (x - x.mean(0)).pow(2).sum() / len(x)
     return within / (total + eps)
+
+
+def code_cycle_error(back, target) -> torch.Tensor:
+    """Mean over parts of the squared error of codes ``back`` against the (detached) codes
+    ``target`` they should give back, each over its target's variance over the batch, so no part
+    wins by its scale. ``back`` and ``target`` map part names to (B, ...) codes."""
+    terms = []
+    for q in target:
+        t = target[q].detach().float().flatten(1)
+        terms.append(F.mse_loss(back[q].float().flatten(1), t) / t.var(0).mean().clamp_min(1e-6))
+    return sum(terms) / len(terms)
