@@ -109,7 +109,8 @@ def test_parts_encode_decode(ds, digits):
 
 @pytest.mark.parametrize("bind", [False, True])
 def test_trains_and_logs_every_loss(tmp_path, ds, bind):
-    cfg = cv_config(steps=3, reverse_rec=0.5, adv=0.1, moments=1.0, kernel=1.0, kernel_unbiased=True)
+    cfg = cv_config(steps=3, reverse_rec=0.5, adv=0.1, moments=1.0, kernel=1.0, kernel_unbiased=True,
+                    latent_cycle=1.0, latent_cycle_s=1.0)
     trainer = Trainer(cfg, tmp_path / "r", dataset=ds, log=lambda m: None)
     if bind:  # what the trainer's dataset hook does
         original = build_model
@@ -128,7 +129,7 @@ def test_trains_and_logs_every_loss(tmp_path, ds, bind):
         trainer.fit()
     rec = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[-1])
     for key in ["discriminator/dis", "autoencoder/rec", "autoencoder/kl", "autoencoder/adv", "autoencoder/moments",
-                "autoencoder/kernel", "reverse/reverse", "reverse/reverse_rec"]:
+                "autoencoder/kernel", "autoencoder/latent_cycle", "autoencoder/latent_cycle_s", "reverse/reverse", "reverse/reverse_rec"]:
         assert key in rec, key
         assert rec[key] == rec[key] and abs(rec[key]) < 1e6
 
@@ -176,6 +177,67 @@ def test_reverse_rec_trains_the_decoder_but_l1_never_reaches_it(ds):
     model.zero_grad(set_to_none=True)
     losses["reverse_rec"].backward()
     assert has_grad(model.decoder)
+
+
+def test_latent_cycle_reencodes_other_class_transfers(ds, monkeypatch):
+    """Dec(z_i, s_j), j of another class, is encoded again; z is charged the code-cycle error
+    against z_i and s against s_j, each with its own weight; both train the encoder and decoder."""
+    import facefactors.methods.cycle_vae as cv
+    torch.manual_seed(0)
+    model = build_model(cv_config(rec=0.0, kl=0.0, reverse=0.0, latent_cycle=2.0, latent_cycle_s=3.0), ds).train()
+    batch = ds.batch(range(16))
+    splits, cycles = [], []
+    real_split, real_error = model._split, cv.code_cycle_error
+
+    def split_spy(h):
+        splits.append(real_split(h))
+        return splits[-1]
+
+    def error_spy(back, target):
+        cycles.append((back, target))
+        return real_error(back, target)
+    monkeypatch.setattr(model, "_split", split_spy)
+    monkeypatch.setattr(cv, "code_cycle_error", error_spy)
+    losses = dict(model.train_step(batch, 0, 10))["autoencoder"]
+    assert set(losses) == {"latent_cycle", "latent_cycle_s"}
+    (mu, _, s), (mu_t, _, s_t) = splits
+    (back_z, target_z), (back_s, target_s) = cycles
+    assert back_z["rest"] is mu_t and torch.equal(target_z["rest"], mu)
+    assert back_s["s"] is s_t
+    labels = batch.labels["identity"]
+    rows = [int(torch.nonzero((s == t).all(1))[0]) for t in target_s["s"]]   # which image gave each s_j
+    assert (labels[rows] != labels).all()
+    assert losses["latent_cycle"].item() == pytest.approx(2.0 * real_error(back_z, target_z).item())
+    assert losses["latent_cycle_s"].item() == pytest.approx(3.0 * real_error(back_s, target_s).item())
+    for name in losses:
+        model.zero_grad(set_to_none=True)
+        losses[name].backward(retain_graph=True)
+        assert has_grad(model.encoder) and has_grad(model.decoder), name
+
+
+@pytest.mark.parametrize("how", ["mean", "sample", "scaled"])
+def test_dependence_input(ds, monkeypatch, how):
+    """The dependence terms measure z's means, the sampled z, or the means with a weight of the
+    means' spread over the posterior standard deviation."""
+    import facefactors.methods.cycle_vae as cv
+    torch.manual_seed(0)
+    model = build_model(cv_config(rec=1.0, kl=0.0, reverse=0.0, kernel=1.0, dependence_input=how), ds).train()
+    seen, splits = [], []
+    real_kernel, real_split = cv.label_kernel_dependence, model._split
+    monkeypatch.setattr(cv, "label_kernel_dependence", lambda x, *a, **k: seen.append(x) or real_kernel(x, *a, **k))
+    monkeypatch.setattr(model, "_split", lambda h: splits.append(real_split(h)) or splits[-1])
+    losses = dict(model.train_step(ds.batch(range(16)), 0, 10))["autoencoder"]
+    (mu, logvar, _), = splits
+    (x,) = seen
+    if how == "sample":
+        assert x.shape == mu.shape and not torch.equal(x, mu)
+    else:
+        assert x is mu
+    weight = mu.detach().std(0).mean() / (0.5 * logvar.detach()).exp().mean() if how == "scaled" else 1.0
+    assert losses["kernel"].item() == pytest.approx(float(weight) * real_kernel(x, ds.batch(range(16)).labels[
+        "identity"], model.num_classes).item(), rel=1e-5)
+    with pytest.raises(FacefactorsError, match="dependence_input"):
+        build_model(cv_config(dependence_input="both"), ds)
 
 
 @pytest.mark.parametrize("target, encoder_gets_adv", [("decoder", False), ("both", True)])

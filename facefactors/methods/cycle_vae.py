@@ -32,6 +32,20 @@ plus the mismatch of the class variances), so that z's class-conditional means a
 ``kernel_unbiased`` charges its unbiased estimate above 0 instead (the plug-in estimate is biased
 upwards by an amount that depends on the codes' own structure, so its gradient moves them where
 the labels do not explain them; the recorded runs with ``kernel`` used the plug-in one).
+``latent_cycle`` and ``latent_cycle_s`` (group ``autoencoder``) decode each image's z mean with
+the s of an image of another class from the batch and encode the result again: z must come back
+as z_i (``latent_cycle``) and s as s_j (``latent_cycle_s``; each the squared error over the
+target's batch variance, ``nn.losses.code_cycle_error``). The s half makes the decoder draw the
+class s asks for; the z half then forbids z to hold the class, since an image of class j gives
+back the same z as the class-i image it took its style from, and it keeps z in use (a z the
+decoder ignores cannot be read back). With the z half alone the decoder may draw z_i's class
+instead, which the z half rewards, so the s half must weigh more.
+``dependence_input`` picks what those two terms measure: ``mean`` (z's means, what the probes
+read), ``sample`` (the reparameterised z the decoder gets, so class signal buried in the
+posterior noise is not charged), or ``scaled`` (the means, with the terms weighted by the spread
+of the means over the batch relative to the posterior standard deviation: both measures are blind
+to the codes' scale, so on a nearly unused z their gradients grow as 1/scale and outweigh
+reconstruction; the weight keeps the pull bounded).
 Nothing in the cycles forbids z to hold the class (both images of a forward pair share it), and
 the reverse cycle only sees decoder outputs; this term looks at real images' codes directly.
 
@@ -72,7 +86,7 @@ from facefactors.methods.registry import register
 from facefactors.nn.blocks import norm_layer
 from facefactors.nn.decoders import VectorDecoder
 from facefactors.nn.encoders import VectorEncoder
-from facefactors.nn.losses import label_dependence, label_kernel_dependence
+from facefactors.nn.losses import code_cycle_error, label_dependence, label_kernel_dependence
 
 DEFAULT_DIM = 16
 
@@ -96,6 +110,9 @@ class CycleVAEParams(MethodParams):
     moments: float = 0.0                # not in the paper: label dependence of z's means (label_dependence)
     kernel: float = 0.0                 # not in the paper: kernel alignment of z's means with the label
     kernel_unbiased: bool = False       # the kernel term's unbiased estimate, charged above 0
+    dependence_input: str = "mean"      # mean | sample | scaled (see module doc)
+    latent_cycle: float = 0.0           # not in the paper: Dec(z_i, s_j), j of another class, re-encoded gives z_i back
+    latent_cycle_s: float = 0.0         # ... and gives s_j back
 
 
 class OfficialEncoder(nn.Module):
@@ -164,11 +181,13 @@ class CycleVAE(Method):
             raise ValueError(f"cycle_vae specifies exactly one categorical attribute, got model.attributes={got}")
         for key, allowed in (("arch", ("auto", "official", "dcgan")), ("rec_loss", ("mse", "l1")),
                              ("reverse_distance", ("l1", "wasserstein")), ("adv_target", ("decoder", "both")),
-                             ("pairing", ("auto", "dataset", "batch"))):
+                             ("pairing", ("auto", "dataset", "batch")),
+                             ("dependence_input", ("mean", "sample", "scaled"))):
             if getattr(p, key) not in allowed:
                 raise ValueError(f"method.{key}={getattr(p, key)!r}: use {' or '.join(allowed)}")
-        if not (p.rec > 0 or p.kl > 0 or p.reverse > 0):
-            raise ValueError("cycle_vae: rec, kl and reverse are all 0; nothing to train")
+        if not (p.rec > 0 or p.kl > 0 or p.reverse > 0 or p.latent_cycle > 0
+                or p.latent_cycle_s > 0):
+            raise ValueError("cycle_vae: rec, kl, reverse and both latent cycles are all 0; nothing to train")
         self.attr = setup.attributes[0].name
         self.num_classes = int(setup.attributes[0].num_classes)
         unknown = set(setup.part_dims) - {self.attr, "rest"}
@@ -280,11 +299,24 @@ class CycleVAE(Method):
         if p.kl > 0:
             out["kl"] = p.kl * self._kl(mu, logvar, pixels)
         y_pair = torch.cat([y, y]) if from_ds else y   # forward partners share the class
+        dep_in, dep_w = mu, 1.0
+        if p.dependence_input == "sample":
+            dep_in = z
+        elif p.dependence_input == "scaled":
+            dep_w = mu.detach().float().std(0).mean() / (0.5 * logvar.detach().float()).exp().mean()
         if p.moments > 0:
-            out["moments"] = p.moments * label_dependence(mu, y_pair, self.num_classes)
+            out["moments"] = p.moments * dep_w * label_dependence(dep_in, y_pair, self.num_classes)
         if p.kernel > 0:
-            dep = label_kernel_dependence(mu, y_pair, self.num_classes, unbiased=p.kernel_unbiased)
+            dep = dep_w * label_kernel_dependence(dep_in, y_pair, self.num_classes, unbiased=p.kernel_unbiased)
             out["kernel"] = p.kernel * (dep.clamp_min(0) if p.kernel_unbiased else dep)
+        if p.latent_cycle > 0 or p.latent_cycle_s > 0:
+            other, _ = in_batch_partners(y, different=True)
+            z_i, s_j = mu[:b], s1[other]
+            mu_t, _, s_t = self._split(self.encoder(self.decoder(torch.cat([z_i, s_j], dim=1))))
+            if p.latent_cycle > 0:
+                out["latent_cycle"] = p.latent_cycle * code_cycle_error({"rest": mu_t}, {"rest": z_i})
+            if p.latent_cycle_s > 0:
+                out["latent_cycle_s"] = p.latent_cycle_s * code_cycle_error({"s": s_t}, {"s": s_j})
 
         # ---- adversarial variant: same-class real pairs against (x_1, Dec(z ~ prior, s_1))
         if self.discriminator is not None:
