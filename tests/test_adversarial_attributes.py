@@ -229,26 +229,56 @@ def test_memory_adds_past_codes_to_the_dependence_terms():
     codes = [model.encode(b.image).detach() for b in batches]
     flat = lambda z, q: z[q].flatten(1)
     model.dependence_terms(codes[0], batches[0].labels, 1.0)
-    assert int(model.memory_filled) == 8 and int(model.memory_next) == 8
+    assert int(model.memory.filled) == 8 and int(model.memory.next) == 8
     model.dependence_terms(codes[1], batches[1].labels, 1.0)  # the ring wraps: 4 of batch 0 are overwritten
-    assert int(model.memory_filled) == 12 and int(model.memory_next) == 4
+    assert int(model.memory.filled) == 12 and int(model.memory.next) == 4
     rest = model.part_names.index("rest")
     # slots 0-3: batch 1's last four; 4-7: batch 0's last four (kept); 8-11: batch 1's first four
-    torch.testing.assert_close(model.memory_codes[rest], torch.cat([flat(codes[1], "rest")[4:], flat(codes[0], "rest")[4:],
+    torch.testing.assert_close(model.memory.codes[rest], torch.cat([flat(codes[1], "rest")[4:], flat(codes[0], "rest")[4:],
                                                                       flat(codes[1], "rest")[:4]]))
     # batch 2 is measured together with the 12 remembered codes; only the batch carries a gradient
     z = codes[2].map(lambda t: t.clone().requires_grad_(True))
     y = batches[2].labels
     expected = []
     for q, a in model.confusion_pairs:
-        x_all = torch.cat([flat(z, q), model.memory_codes[model.part_names.index(q)]])
-        y_all = torch.cat([y[a], model.memory_labels[list(model.confusion_classes).index(a)]])
+        x_all = torch.cat([flat(z, q), model.memory.codes[model.part_names.index(q)]])
+        y_all = torch.cat([y[a], model.memory.labels[list(model.confusion_classes).index(a)]])
         expected.append(label_kernel_dependence(x_all, y_all, model.confusion_classes[a], unbiased=True).clamp_min(0))
     out = model.dependence_terms(z, y, 1.0)
     torch.testing.assert_close(out["kernel"], sum(expected) / len(expected))
     out["kernel"].backward()
     assert z["rest"].grad is not None and z["rest"].grad.abs().sum() > 0
-    assert "memory_codes" in model.state_dict() and "memory_labels" in model.state_dict()
+    assert "memory.codes" in model.state_dict() and "memory.labels" in model.state_dict()
+
+
+def test_adversary_memory_trains_the_adversaries_on_past_codes_too():
+    import torch.nn.functional as F
+
+    ds = blobs_dataset()
+    torch.manual_seed(0)
+    model = build_model(aa_config(adversary_hidden=8, adversary_memory=12, code_channels=1, code_size=2), ds).train()
+    assert model.memory is None and model.adversary_ring.size == 12
+    batches = [ds.batch(range(i, i + 8)) for i in (0, 8)]
+    first = dict(model.train_step(batches[0], 50, 100))
+    assert int(model.adversary_ring.filled) == 8   # the batch is remembered once, not per adversary update
+    remembered = model.adversary_ring.codes.clone()
+    gen = model.train_step(batches[1], 50, 100)
+    group, losses = next(gen)
+    while group != "adversaries":
+        group, losses = next(gen)
+    # this update fits batch 1 together with batch 0's remembered codes and labels
+    z = model.encode(batches[1].image).detach()
+    expected = []
+    for key, head in model.adversaries.items():
+        q, a = key.split("__")
+        x_all = torch.cat([z[q].flatten(1), remembered[model.part_names.index(q), :8]])
+        y_all = torch.cat([batches[1].labels[a], batches[0].labels[a]])
+        expected.append(F.cross_entropy(head(x_all), y_all))
+    torch.testing.assert_close(losses["adv_ce"], sum(expected) / len(expected))
+    assert int(model.adversary_ring.filled) == 12 and "adversary_ring.codes" in model.state_dict()
+    assert "adversaries" in first
+    with pytest.raises(FacefactorsError, match="adversary_memory"):
+        build_model(aa_config(adversary_hidden=0, adversary_memory=4), ds)
 
 
 @pytest.mark.parametrize("name, base_name, differs", [

@@ -46,7 +46,10 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   A closed-form measure cannot fall behind the encoders the way a trained adversary does.
   ``memory`` > 0 keeps that many past codes and labels (detached; buffers, so resume is exact)
   and measures on them together with the batch: with 100 identities a batch of 32 rarely holds
-  two faces of one identity. In a 30-minute run it did not lower leakage (BENCHMARKS.md);
+  two faces of one identity. In a 30-minute run it did not lower leakage (BENCHMARKS.md).
+  ``adversary_memory`` > 0 keeps such a ring for the MLP adversaries: each update fits the batch
+  together with the last n codes, so the adversaries judge from more codes than a batch holds, as
+  the fresh probes after training do (``nn.memory.CodeRing``);
 - ``latent_cycle`` > 0: each hybrid is encoded again and every part must come back as the code it
   was decoded from (squared error over the code's variance; ``nn.losses.code_cycle_error``). The critic only
   asks hybrids to look real and C_m only reads their labels; this asks the decoder to render all of
@@ -78,6 +81,7 @@ from facefactors.methods.registry import register
 from facefactors.nn.classifiers import CodeShapedClassifier, MLPHead
 from facefactors.nn.critics import PatchCritic, gradient_penalty
 from facefactors.nn.decoders import MapDecoder
+from facefactors.nn.memory import CodeRing
 from facefactors.nn.encoders import MapEncoder
 from facefactors.nn.losses import (code_cycle_error, code_kernel, label_dependence, label_kernel_dependence,
                                    within_class_share)
@@ -119,6 +123,7 @@ class AdversarialAttributesParams(MethodParams):
     whiten: bool = False                  # moments / kernel see whitened parts (nn.whitening)
     hybrid_batch: int = 0                 # hybrids decoded per step (0: the whole batch)
     memory: int = 0                       # moments / kernel also see this many past codes (detached)
+    adversary_memory: int = 0             # the MLP adversaries also train on this many past codes (detached)
     latent_cycle: float = 0.0             # hybrids re-encoded must give back the codes they were decoded from (not in the paper)
     identity_pairs: int = 0               # same-identity partners drawn for the first n images, encoded for the terms below
     identity_compact: float = 0.0         # within-identity share of the identity part's variance (not in the paper)
@@ -158,9 +163,11 @@ class AdversarialAttributes(Method):
         if not setup.attributes:
             raise ValueError("adversarial_attributes needs at least one attribute")
         p = params
-        if p.hybrid_batch < 0 or p.memory < 0 or p.identity_pairs < 0:
-            raise ValueError(f"method.hybrid_batch={p.hybrid_batch!r}, method.memory={p.memory!r} and "
-                             f"method.identity_pairs={p.identity_pairs!r} must be >= 0")
+        for key in ("hybrid_batch", "memory", "adversary_memory", "identity_pairs"):
+            if getattr(p, key) < 0:
+                raise ValueError(f"method.{key}={getattr(p, key)!r} must be >= 0")
+        if p.adversary_memory > 0 and p.adversary_hidden <= 0:
+            raise ValueError("adversary_memory needs MLP adversaries (adversary_hidden > 0)")
         if p.identity_compact > 0 and p.identity_pairs <= 0:
             raise ValueError("identity_compact needs identity_pairs > 0: a batch alone rarely holds two faces of one identity")
         self.attributes = [a.name for a in setup.attributes]
@@ -210,11 +217,10 @@ class AdversarialAttributes(Method):
         dependence = p.moments > 0 or p.kernel > 0
         if p.whiten and dependence:
             self.part_white = nn.ModuleDict({q: RunningWhitening(code_dim) for q in parts})
-        if p.memory > 0 and dependence:  # a ring of past codes and labels for the dependence terms
-            self.register_buffer("memory_codes", torch.zeros(len(parts), p.memory, code_dim))
-            self.register_buffer("memory_labels", torch.zeros(len(self.confusion_classes), p.memory, dtype=torch.long))
-            self.register_buffer("memory_filled", torch.zeros((), dtype=torch.long))
-            self.register_buffer("memory_next", torch.zeros((), dtype=torch.long))
+        # rings of past codes and labels: for the dependence terms, and for the adversaries' updates
+        self.memory = CodeRing(parts, self.confusion_classes, p.memory, code_dim) if p.memory > 0 and dependence else None
+        self.adversary_ring = (CodeRing(parts, self.confusion_classes, p.adversary_memory, code_dim)
+                               if p.adversary_memory > 0 and self.adversaries is not None else None)
         self._partners: PairSampler | None = None
         self._images: torch.Tensor | None = None
         self._labels: dict[str, torch.Tensor] = {}
@@ -290,10 +296,11 @@ class AdversarialAttributes(Method):
         if self.part_white is not None and self.training:
             for q, w in self.part_white.items():
                 w.update(z[q])
-        use_memory = p.memory > 0 and self.training
+        use_memory = self.memory is not None and self.training
         if use_memory:
             batch_z, batch_labels = z, labels
-            z, labels = self._with_memory(z, labels)
+            parts, labels = self.memory.with_memory({q: z[q] for q in self.part_names}, labels)
+            z = Latent((q, parts[q]) for q in self.part_names)
         seen = {q: self._part_seen(z, q) for q in self.part_names}
         out = {}
         if p.moments > 0:
@@ -308,28 +315,8 @@ class AdversarialAttributes(Method):
                      for q, a in self.confusion_pairs]
             out["kernel"] = scale * p.kernel * sum(terms) / len(terms)
         if use_memory:
-            self._remember(batch_z, batch_labels)
+            self.memory.remember({q: batch_z[q] for q in self.part_names}, batch_labels)
         return out
-
-    def _with_memory(self, z: Latent, labels) -> tuple[Latent, dict[str, torch.Tensor]]:
-        """The batch's parts (flattened, with their gradient) followed by the remembered ones, and the labels likewise."""
-        n = int(self.memory_filled)
-        parts = Latent((q, torch.cat([z[q].flatten(1).float(), self.memory_codes[i, :n]]))
-                       for i, q in enumerate(self.part_names))
-        both = {a: torch.cat([labels[a].long(), self.memory_labels[j, :n]]) for j, a in enumerate(self.confusion_classes)}
-        return parts, both
-
-    @torch.no_grad()
-    def _remember(self, z: Latent, labels) -> None:
-        """Write the batch's detached parts and labels into the ring, overwriting the oldest."""
-        b, m = z.batch_size, self.params.memory
-        idx = (int(self.memory_next) + torch.arange(min(b, m))) % m
-        for i, q in enumerate(self.part_names):
-            self.memory_codes[i, idx] = z[q].flatten(1)[-len(idx):].float()
-        for j, a in enumerate(self.confusion_classes):
-            self.memory_labels[j, idx] = labels[a][-len(idx):].long()
-        self.memory_next.fill_((int(self.memory_next) + len(idx)) % m)
-        self.memory_filled.fill_(min(int(self.memory_filled) + len(idx), m))
 
     def train_step(self, batch: Batch, step: int, total_steps: int) -> Iterator[tuple[str, dict[str, torch.Tensor]]]:
         p = self.params
@@ -369,9 +356,12 @@ class AdversarialAttributes(Method):
 
         # 3. optional MLP adversaries on detached codes
         if self.adversaries is not None:
-            codes = {n: z[n].detach() for n in self.part_names}
+            codes, seen_labels = {n: z[n].detach() for n in self.part_names}, labels
+            if self.adversary_ring is not None:  # the batch and the remembered codes, then remember the batch
+                codes, seen_labels = self.adversary_ring.with_memory(codes, labels)
+                self.adversary_ring.remember({n: z[n].detach() for n in self.part_names}, labels)
             for _ in range(p.adversary_steps):  # logged adv_ce is the sum over these updates
-                losses = [F.cross_entropy(head(codes[key.split("__")[0]]), labels[key.split("__")[1]])
+                losses = [F.cross_entropy(head(codes[key.split("__")[0]]), seen_labels[key.split("__")[1]])
                           for key, head in self.adversaries.items()]
                 yield "adversaries", {"adv_ce": sum(losses) / len(losses)}
 
