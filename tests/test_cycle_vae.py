@@ -375,6 +375,7 @@ def test_sampling_runs_on_the_method(ds):
     ("cycle_vae_synthfaces_independent_unbiased.yaml", "cycle_vae_synthfaces.yaml",
      {"kernel": 1.0, "kernel_unbiased": True}),
     ("cycle_vae_synthfaces_expression.yaml", "cycle_vae_synthfaces.yaml", {}),
+    ("cycle_vae_synthfaces_active.yaml", "cycle_vae_synthfaces.yaml", {"active_units": 0.01}),
 ])
 def test_configs(name, base_name, differs, ds, digits):
     cfg, base = load_config(CONFIGS / name), load_config(CONFIGS / base_name)
@@ -408,3 +409,37 @@ def test_sampling_report_writes_figures(tmp_path):
     one = hold_out_classes(toy_dataset(n=60), "digit", [2])
     metrics, figures = sampling_report(ToyParts(), one, tmp_path / "one", "digit", n_images=2, n_samples=1)
     assert "skipped" in metrics["fewshot"] and "fewshot_transfer" not in figures and "transfer" not in metrics
+
+
+def test_active_units_track_the_variance_of_the_means():
+    from facefactors.nn.active_units import ActiveUnits
+
+    torch.manual_seed(0)
+    au = ActiveUnits(3, threshold=0.01, momentum=0.1)
+    assert au.mask().tolist() == [1.0, 1.0, 1.0]          # nothing seen yet: every unit is kept
+    scale = torch.tensor([1.0, 0.05, 0.3])                 # variances 1, 0.0025, 0.09
+    for _ in range(200):
+        au.update(torch.randn(64, 3) * scale + 2.0)
+    torch.testing.assert_close(au.variance(), scale ** 2, rtol=0.2, atol=1e-3)
+    assert au.mask().tolist() == [1.0, 0.0, 1.0]
+    with pytest.raises(ValueError):
+        ActiveUnits(3, threshold=0.0)
+
+
+def test_active_units_zero_the_inactive_z_units_in_encode(tmp_path, ds):
+    cfg = cv_config(steps=4, active_units=0.01)
+    Trainer(cfg, tmp_path / "r", dataset=ds, log=lambda m: None).fit()
+    from facefactors.runs import load_run
+    run = load_run(tmp_path / "r")
+    model = run.model.eval()
+    assert int(model.z_active.seen) == 4 and "z_active.mean" in model.state_dict()
+    x = ds.batch(range(8)).image
+    mu, _, s = model._split(model.encoder(x))
+    z = model.encode(x)
+    mask = model.z_active.variance() > 0.01
+    torch.testing.assert_close(z["rest"], mu * mask)
+    torch.testing.assert_close(z["identity"], s)
+    model.z_active.second.fill_(1.0)                      # every unit active: the means pass unchanged
+    torch.testing.assert_close(model.encode(x)["rest"], mu)
+    model.z_active.second.copy_(model.z_active.mean.pow(2))   # no unit varies: z is the prior mean
+    assert model.encode(x)["rest"].abs().sum() == 0

@@ -49,6 +49,12 @@ reconstruction; the weight keeps the pull bounded).
 Nothing in the cycles forbids z to hold the class (both images of a forward pair share it), and
 the reverse cycle only sees decoder outputs; this term looks at real images' codes directly.
 
+``active_units`` > 0 (not in the paper or the report): ``encode`` returns z's inactive units at
+the prior mean 0 (``nn.active_units``: a unit is inactive when the variance of its mean over the
+training images, tracked during training, is below this; Burda et al. 2016 use 0.01). With the
+official KL most of z's units collapse, and on SynthFaces the identity a probe reads in z sits in
+them, not in the units the decoder uses (BENCHMARKS.md, "active units").
+
 Pairs: with the dataset bound (``bind_dataset``, which the trainer calls before training) partners
 come from the train split through ``PairSampler``, seeded by (seed, step); otherwise from within
 the batch (``in_batch_partners``; an image without a same-class partner is paired with itself).
@@ -83,6 +89,7 @@ from facefactors.methods.base import Method, MethodParams, ModelSetup, Optimizer
 from facefactors.methods.d2ae import frozen_forward
 from facefactors.methods.ifcvae_gan import LOGVAR_RANGE, ConvDiscriminator
 from facefactors.methods.registry import register
+from facefactors.nn.active_units import ActiveUnits
 from facefactors.nn.blocks import norm_layer
 from facefactors.nn.decoders import VectorDecoder
 from facefactors.nn.encoders import VectorEncoder
@@ -111,6 +118,7 @@ class CycleVAEParams(MethodParams):
     kernel: float = 0.0                 # not in the paper: kernel alignment of z's means with the label
     kernel_unbiased: bool = False       # the kernel term's unbiased estimate, charged above 0
     dependence_input: str = "mean"      # mean | sample | scaled (see module doc)
+    active_units: float = 0.0           # >0: encode returns z's inactive units (variance of means below it) at 0
     latent_cycle: float = 0.0           # not in the paper: Dec(z_i, s_j), j of another class, re-encoded gives z_i back
     latent_cycle_s: float = 0.0         # ... and gives s_j back
 
@@ -209,6 +217,7 @@ class CycleVAE(Method):
                                          setup.norm)
         self.discriminator = (ConvDiscriminator(setup.image_size, 2 * setup.channels, p.dis_width or setup.width)
                               if p.adv > 0 else None)
+        self.z_active = ActiveUnits(self.z_dim, p.active_units) if p.active_units > 0 else None
         self._pairs: PairSampler | None = None
         self._images: torch.Tensor | None = None
 
@@ -231,6 +240,8 @@ class CycleVAE(Method):
 
     def encode(self, x: torch.Tensor) -> Latent:
         mu, _, s = self._split(self.encoder(x))
+        if self.z_active is not None:
+            mu = mu * self.z_active.mask().to(mu.dtype)
         return Latent({self.attr: s, "rest": mu})
 
     def decode(self, z: Latent) -> torch.Tensor:
@@ -293,6 +304,8 @@ class CycleVAE(Method):
             x_hat = self.decoder(torch.cat([z, s[perm]], dim=1))
             s1 = s
 
+        if self.z_active is not None:
+            self.z_active.update(mu)
         out: dict[str, torch.Tensor] = {}
         if p.rec > 0:
             out["rec"] = p.rec * reconstruction_loss(p.rec_loss, x_hat, x_pair)
