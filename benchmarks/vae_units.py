@@ -49,20 +49,16 @@ def psnr_keeping(model, ds, idx: np.ndarray, mu: np.ndarray, s: torch.Tensor, ke
     return 10 * np.log10(1.0 / (err / n))
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("run")
-    ap.add_argument("--train", type=int, default=4000)
-    ap.add_argument("--test", type=int, default=2000)
-    args = ap.parse_args()
+def unit_bands(run_dir: str, n_train: int = 4000, n_test: int = 2000) -> tuple[str, float, list[tuple]]:
+    """(attribute, majority rate, rows of (band, units kept (bool array), probe accuracy or None, PSNR))."""
     torch.manual_seed(0)
-    run = load_run(args.run)
+    run = load_run(run_dir)
     model, ds = run.model.eval(), run.dataset
-    if not hasattr(model, "z_dim") or getattr(model, "name", "") != "cycle_vae":
-        raise SystemExit(f"{args.run}: not a cycle_vae run")
+    if getattr(model, "name", "") != "cycle_vae":
+        raise SystemExit(f"{run_dir}: not a cycle_vae run")
     rng = np.random.default_rng(0)
-    train = rng.choice(ds.split("train"), min(args.train, len(ds.split("train"))), replace=False)
-    test = rng.choice(ds.split("test"), min(args.test, len(ds.split("test"))), replace=False)
+    train = rng.choice(ds.split("train"), min(n_train, len(ds.split("train"))), replace=False)
+    test = rng.choice(ds.split("test"), min(n_test, len(ds.split("test"))), replace=False)
     mu_tr, sd_tr, _ = posterior(model, ds, train)
     mu_te, _, s_te = posterior(model, ds, test)
     y = ds.labels[model.attr].numpy()
@@ -75,18 +71,29 @@ def main() -> None:
              ("active (variance of the mean > 0.01)", var > 0.01),
              ("inactive", var <= 0.01),
              ("none (z at the prior mean)", np.zeros_like(ratio, bool))]
-    chance = np.bincount(y[test]).max() / len(test)
-    print(f"| units of z ({len(ratio)}) | count | {model.attr} probe accuracy (linear; majority {chance:.3f}) "
-          "| PSNR decoding only these units |")
-    print("|---|---:|---:|---:|")
+    rows = []
     for name, keep in bands:
         db = psnr_keeping(model, ds, test, mu_te, s_te, keep.astype(mu_te.dtype))
-        if not keep.any():
-            print(f"| {name} | 0 | - | {db:.2f} dB |")
-            continue
-        probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
-        probe.fit(mu_tr[:, keep], y[train])
-        print(f"| {name} | {int(keep.sum())} | {probe.score(mu_te[:, keep], y[test]):.3f} | {db:.2f} dB |")
+        acc = None
+        if keep.any():
+            probe = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
+            acc = float(probe.fit(mu_tr[:, keep], y[train]).score(mu_te[:, keep], y[test]))
+        rows.append((name, keep, acc, db))
+    return model.attr, float(np.bincount(y[test]).max() / len(test)), rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("run")
+    ap.add_argument("--train", type=int, default=4000)
+    ap.add_argument("--test", type=int, default=2000)
+    args = ap.parse_args()
+    attr, majority, rows = unit_bands(args.run, args.train, args.test)
+    print(f"| units of z ({len(rows[0][1])}) | count | {attr} probe accuracy (linear; majority {majority:.3f}) "
+          "| PSNR decoding only these units |")
+    print("|---|---:|---:|---:|")
+    for name, keep, acc, db in rows:
+        print(f"| {name} | {int(keep.sum())} | {'-' if acc is None else f'{acc:.3f}'} | {db:.2f} dB |")
 
 
 if __name__ == "__main__":

@@ -443,3 +443,17 @@ def test_active_units_zero_the_inactive_z_units_in_encode(tmp_path, ds):
     torch.testing.assert_close(model.encode(x)["rest"], mu)
     model.z_active.second.copy_(model.z_active.mean.pow(2))   # no unit varies: z is the prior mean
     assert model.encode(x)["rest"].abs().sum() == 0
+
+
+def test_vae_units_bands_partition_z_and_decode_from_each(tmp_path, ds):
+    from benchmarks.vae_units import unit_bands
+
+    Trainer(cv_config(steps=3), tmp_path / "r", dataset=ds, log=lambda m: None).fit()
+    attr, majority, rows = unit_bands(str(tmp_path / "r"), n_train=40, n_test=20)
+    assert attr == "identity" and 0 < majority <= 1
+    bands = {name: (keep, acc, db) for name, keep, acc, db in rows}
+    assert bands["all"][0].all() and not bands["none (z at the prior mean)"][0].any()
+    by_ratio = [bands[k][0] for k in ("means vary by more than 0.5 of the posterior sd", "by 0.1-0.5", "by less than 0.1")]
+    assert (sum(k.astype(int) for k in by_ratio) == 1).all()          # the three bands partition z
+    assert (bands["active (variance of the mean > 0.01)"][0] ^ bands["inactive"][0]).all()
+    assert bands["none (z at the prior mean)"][1] is None and all(np.isfinite(db) for _, _, _, db in rows)
