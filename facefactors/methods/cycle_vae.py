@@ -32,28 +32,30 @@ plus the mismatch of the class variances), so that z's class-conditional means a
 ``kernel_unbiased`` charges its unbiased estimate above 0 instead (the plug-in estimate is biased
 upwards by an amount that depends on the codes' own structure, so its gradient moves them where
 the labels do not explain them; the recorded runs with ``kernel`` used the plug-in one).
-``latent_cycle`` and ``latent_cycle_s`` (group ``autoencoder``) decode each image's z mean with
-the s of an image of another class from the batch and encode the result again: z must come back
-as z_i (``latent_cycle``) and s as s_j (``latent_cycle_s``; each the squared error over the
-target's batch variance, ``nn.losses.code_cycle_error``). The s half makes the decoder draw the
-class s asks for; the z half then forbids z to hold the class, since an image of class j gives
-back the same z as the class-i image it took its style from, and it keeps z in use (a z the
-decoder ignores cannot be read back). With the z half alone the decoder may draw z_i's class
-instead, which the z half rewards, so the s half must weigh more.
+Nothing in the cycles forbids z to hold the class (both images of a forward pair share it), and
+the reverse cycle only sees decoder outputs; these terms look at real images' codes directly.
 ``dependence_input`` picks what those two terms measure: ``mean`` (z's means, what the probes
 read), ``sample`` (the reparameterised z the decoder gets, so class signal buried in the
 posterior noise is not charged), or ``scaled`` (the means, with the terms weighted by the spread
 of the means over the batch relative to the posterior standard deviation: both measures are blind
 to the codes' scale, so on a nearly unused z their gradients grow as 1/scale and outweigh
 reconstruction; the weight keeps the pull bounded).
-Nothing in the cycles forbids z to hold the class (both images of a forward pair share it), and
-the reverse cycle only sees decoder outputs; this term looks at real images' codes directly.
+
+``latent_cycle`` and ``latent_cycle_s`` (group ``autoencoder``) decode each image's z mean with
+the s of an image of another class from the batch and encode the result again: z must come back
+as z_i (``latent_cycle``) and s as s_j (``latent_cycle_s``; each the squared error over the
+target's batch variance, ``nn.losses.code_cycle_error``). The s half asks the decoder to draw the
+class s asks for, the z half keeps z in use (a z the decoder ignores cannot be read back) and,
+if the decoder obeys s, forbids z to hold the class. On digits at 0.01 each, transfers kept their
+source's style for the first time, but z held more of the digit; at 0.05 and above the networks
+collude (the decoder draws z's class and s gives up the class; BENCHMARKS.md).
 
 ``active_units`` > 0 (not in the paper or the report): ``encode`` returns z's inactive units at
 the prior mean 0 (``nn.active_units``: a unit is inactive when the variance of its mean over the
 training images, tracked during training, is below this; Burda et al. 2016 use 0.01). With the
-official KL most of z's units collapse, and on SynthFaces the identity a probe reads in z sits in
-them, not in the units the decoder uses (BENCHMARKS.md, "active units").
+official KL most of z's units are near collapse. On SynthFaces the identity a probe reads in z
+sits in units whose means vary by less than half their posterior noise, from which the decoder
+draws almost nothing; Burda's 0.01 keeps many of them (BENCHMARKS.md, "where z keeps identity").
 
 Pairs: with the dataset bound (``bind_dataset``, which the trainer calls before training) partners
 come from the train split through ``PairSampler``, seeded by (seed, step); otherwise from within
