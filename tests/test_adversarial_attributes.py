@@ -348,3 +348,17 @@ def test_identity_pairs_draw_same_identity_partners_for_the_terms(tmp_path):
     Trainer(cfg, tmp_path / "r", dataset=faces, log=lambda m: None).fit()  # the trainer binds the dataset
     rec = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[-1])
     assert "autoencoder/kernel" in rec and "autoencoder/compact" in rec
+
+
+def test_old_memory_buffer_names_still_load():
+    ds = blobs_dataset()
+    model = build_model(aa_config(adversary_hidden=0, kernel=1.0, memory=12, code_channels=1, code_size=2), ds)
+    model.memory.codes.normal_()
+    model.memory.filled.fill_(5)
+    state = {(k.replace("memory.", "memory_") if k.startswith("memory.") else k): v.clone()
+             for k, v in model.state_dict().items()}
+    assert "memory_codes" in state
+    fresh = build_model(aa_config(adversary_hidden=0, kernel=1.0, memory=12, code_channels=1, code_size=2), ds)
+    fresh.load_state_dict(state)
+    torch.testing.assert_close(fresh.memory.codes, model.memory.codes)
+    assert int(fresh.memory.filled) == 5

@@ -139,6 +139,15 @@ def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return 0.5 * (mu.float().pow(2) + logvar.float().exp() - 1.0 - logvar.float()).flatten(1).sum(1).mean()
 
 
+def _rename_old_memory_buffers(state_dict, prefix, *args) -> None:
+    """Checkpoints from before ``nn.memory.CodeRing`` named the dependence ring's buffers
+    ``memory_codes``, ``memory_labels``, ``memory_filled`` and ``memory_next``."""
+    for old in ("codes", "labels", "filled", "next"):
+        key = f"{prefix}memory_{old}"
+        if key in state_dict:
+            state_dict[f"{prefix}memory.{old}"] = state_dict.pop(key)
+
+
 def shuffle_parts(z: Latent, attributes: list[str], generator: torch.Generator | None = None
                   ) -> tuple[Latent, dict[str, torch.Tensor]]:
     """Permute each attribute part independently across the batch (``rest`` stays): Eq. 5."""
@@ -219,6 +228,7 @@ class AdversarialAttributes(Method):
             self.part_white = nn.ModuleDict({q: RunningWhitening(code_dim) for q in parts})
         # rings of past codes and labels: for the dependence terms, and for the adversaries' updates
         self.memory = CodeRing(parts, self.confusion_classes, p.memory, code_dim) if p.memory > 0 and dependence else None
+        self._register_load_state_dict_pre_hook(_rename_old_memory_buffers)
         self.adversary_ring = (CodeRing(parts, self.confusion_classes, p.adversary_memory, code_dim)
                                if p.adversary_memory > 0 and self.adversaries is not None else None)
         self._partners: PairSampler | None = None
