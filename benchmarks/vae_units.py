@@ -20,6 +20,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
+from facefactors.latent import Latent
 from facefactors.runs import load_run
 
 
@@ -28,7 +29,7 @@ def posterior(model, ds, idx: np.ndarray, batch: int = 256) -> tuple[np.ndarray,
     mus, sds, ss = [], [], []
     with torch.no_grad():
         for i in range(0, len(idx), batch):
-            mu, logvar, s = model._split(model.encoder(ds.batch(idx[i:i + batch]).image))
+            mu, logvar, s = model.posterior(ds.batch(idx[i:i + batch]).image)
             mus.append(mu.float())
             sds.append((0.5 * logvar.float()).exp())
             ss.append(s)
@@ -43,7 +44,7 @@ def psnr_keeping(model, ds, idx: np.ndarray, mu: np.ndarray, s: torch.Tensor, ke
     with torch.no_grad():
         for i in range(0, len(idx), batch):
             x = ds.batch(idx[i:i + batch]).image
-            x_hat = model.decoder(torch.cat([z[i:i + batch], s[i:i + batch]], dim=1))
+            x_hat = model.decode(Latent({model.attr: s[i:i + batch], "rest": z[i:i + batch]}))
             err += ((x_hat.float() - x.float()) / 2).pow(2).sum().item()
             n += x.numel()
     return 10 * np.log10(1.0 / (err / n))

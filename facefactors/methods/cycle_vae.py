@@ -240,8 +240,12 @@ class CycleVAE(Method):
         mu, logvar, s = torch.split(h, [self.z_dim, self.z_dim, self.s_dim], dim=1)
         return mu, logvar.clamp(*LOGVAR_RANGE), s
 
+    def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """z's mean and log-variance (every unit, whatever ``active_units`` says), and s."""
+        return self._split(self.encoder(x))
+
     def encode(self, x: torch.Tensor) -> Latent:
-        mu, _, s = self._split(self.encoder(x))
+        mu, _, s = self.posterior(x)
         if self.z_active is not None:
             mu = mu * self.z_active.mask().to(mu.dtype)
         return Latent({self.attr: s, "rest": mu})
