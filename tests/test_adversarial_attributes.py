@@ -352,6 +352,36 @@ def test_identity_pairs_draw_same_identity_partners_for_the_terms(tmp_path):
     assert "autoencoder/kernel" in rec and "autoencoder/compact" in rec
 
 
+def test_pair_swap_reconstructs_each_image_from_its_partners_identity_part():
+    from facefactors.data import make_dataset
+    from facefactors.methods.autoencoder import reconstruction_loss
+
+    faces = make_dataset({"name": "synthfaces", "size": 32, "n": 96, "n_identities": 12, "seed": 1})
+    raw = {"seed": 0, "data": {"name": "synthfaces", "size": 32, "n": 96, "n_identities": 12, "seed": 1},
+           "model": {"method": "adversarial_attributes", "attributes": ["identity", "illumination"], "width": 8},
+           "method": {"code_channels": 4, "code_size": 4, "critic_width": 8, "identity_pairs": 5, "pair_swap": 2.0},
+           "train": {"steps": 3, "batch_size": 8}}
+    model = build_model(build_dataclass(RunConfig, raw), faces)
+    model.bind_dataset(faces, seed=0)
+    batch = faces.batch(range(8))
+    model.train()
+    out = dict(model.train_step(batch, 0, 100))["autoencoder"]  # from the first step: no warm-up
+    # the term is the reconstruction of the first 5 images with the partners' identity parts in place
+    # (batch and partners encoded in one pass, as in training: the same norm statistics)
+    xp, _ = model.partners(batch, step=0)
+    z_all = model.encode(torch.cat([batch.image, xp]))
+    z, zp = z_all.index(slice(0, 5)), z_all.index(slice(8, 13))
+    want = 2.0 * reconstruction_loss("l1", model.decode(z.replace(identity=zp["identity"])), batch.image[:5])
+    torch.testing.assert_close(out["pair_swap"], want)
+    model.zero_grad()
+    out["pair_swap"].backward()
+    for name in ("identity", "illumination", "rest"):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoders[name].parameters()), name
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
+    with pytest.raises(FacefactorsError, match="pair_swap needs identity_pairs"):
+        build_model(build_dataclass(RunConfig, {**raw, "method": {**raw["method"], "identity_pairs": 0}}), faces)
+
+
 def test_old_memory_buffer_names_still_load():
     ds = blobs_dataset()
     model = build_model(aa_config(adversary_hidden=0, kernel=1.0, memory=12, code_channels=1, code_size=2), ds)

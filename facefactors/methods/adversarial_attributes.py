@@ -62,6 +62,12 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   ``identity_compact`` charges the share of the identity part's variance that lies within
   identities (``nn.losses.within_class_share``; 0: the part is a function of identity), which
   also takes out what a probe reads only within an identity (its lighting, say).
+  ``pair_swap`` > 0 decodes each of those images with its partner's identity part in place of its
+  own and charges the reconstruction loss against the image itself (weight as ``rec``). Two faces
+  of one identity share every identity factor, so this swap has a known answer on any dataset with
+  identity labels: it is the only term that trains the decoder on mixed codes against pixels
+  (the hybrids are judged by classifiers and a critic only), and an identity part that carries
+  its own image's lighting or pose puts the partner's into the swap and pays for it.
 """
 from __future__ import annotations
 
@@ -127,6 +133,7 @@ class AdversarialAttributesParams(MethodParams):
     latent_cycle: float = 0.0             # hybrids re-encoded must give back the codes they were decoded from (not in the paper)
     identity_pairs: int = 0               # same-identity partners drawn for the first n images, encoded for the terms below
     identity_compact: float = 0.0         # within-identity share of the identity part's variance (not in the paper)
+    pair_swap: float = 0.0                # reconstruct each paired image from its partner's identity part (not in the paper)
 
 
 def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -177,11 +184,13 @@ class AdversarialAttributes(Method):
                 raise ValueError(f"method.{key}={getattr(p, key)!r} must be >= 0")
         if p.adversary_memory > 0 and p.adversary_hidden <= 0:
             raise ValueError("adversary_memory needs MLP adversaries (adversary_hidden > 0)")
-        if p.identity_compact > 0 and p.identity_pairs <= 0:
-            raise ValueError("identity_compact needs identity_pairs > 0: a batch alone rarely holds two faces of one identity")
+        for key in ("identity_compact", "pair_swap"):
+            if getattr(p, key) > 0 and p.identity_pairs <= 0:
+                raise ValueError(f"{key} needs identity_pairs > 0: a batch alone rarely holds two faces of one identity")
         self.attributes = [a.name for a in setup.attributes]
         self.n_classes = {a.name: a.num_classes for a in setup.attributes}
-        needs_identity = [k for k in ("confuse_linked", "identity_pairs", "identity_compact") if getattr(p, k)]
+        needs_identity = [k for k in ("confuse_linked", "identity_pairs", "identity_compact", "pair_swap")
+                          if getattr(p, k)]
         if needs_identity and "identity" not in self.n_classes:
             raise ValueError(f"{' and '.join(needs_identity)} need an identity part, which is not modelled "
                              "(model.attributes)")
@@ -342,8 +351,8 @@ class AdversarialAttributes(Method):
             raise RuntimeError("adversarial_attributes: identity_pairs > 0 but no dataset is bound (bind_dataset)")
         if self._partners is not None:  # encoded in one pass with the batch: the same norm statistics
             xp, labels_p = self.partners(batch, step)
-            z_all, z_sample, kl = self.encode_stochastic(torch.cat([x, xp]))
-            z, z_sample = z_all.index(slice(0, b)), z_sample.index(slice(0, b))
+            z_all, sample_all, kl = self.encode_stochastic(torch.cat([x, xp]))
+            z, z_sample = z_all.index(slice(0, b)), sample_all.index(slice(0, b))
             labels_all = {a: torch.cat([labels[a], labels_p[a]]) for a in labels_p}
         else:
             z_all, labels_all = None, None
@@ -401,6 +410,11 @@ class AdversarialAttributes(Method):
                                                for a in self.attributes) / len(self.attributes)
         if use_critic:
             out["adv"] = -s * p.adv * self.critic(x_mix).mean()
+        if p.pair_swap > 0 and z_all is not None:  # x from its partner's identity part: a known answer
+            n = len(xp)
+            own = z_sample.index(slice(0, n))
+            swapped = own.replace(identity=sample_all["identity"][b:b + n])
+            out["pair_swap"] = p.pair_swap * reconstruction_loss(p.rec_loss, self.decode(swapped), x[:n])
         if use_hybrid and p.latent_cycle > 0:
             out["latent_cyc"] = s * p.latent_cycle * code_cycle_error(self.encode(x_mix), z_mix)
         yield "autoencoder", out
