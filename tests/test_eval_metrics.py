@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from facefactors.data.specs import AttributeSpec, ImageDataset, to_float_image
-from facefactors.eval.counterfactual import counterfactual_transfer, safe_ratio, sample_pairs
+from facefactors.eval.counterfactual import METRIC_KEYS, counterfactual_transfer, safe_ratio, sample_pairs
 from facefactors.eval.latents import encode_split, load_latents, parts_of, save_latents
 from facefactors.eval.probes import leakage_matrix, probe_score
 from facefactors.eval.reconstruction import (PSNR_CAP, image_metrics, psnr_from_mse, reconstruction_metrics,
@@ -258,11 +258,9 @@ def test_counterfactual_oracle_is_exact(ds):
                                                 n_examples=3)
     assert set(metrics) == {"colour", "shape"}  # rest names no attribute
     for part, m in metrics.items():
-        assert set(m) == {"mse", "ratio_to_reconstruction", "ratio_to_no_change", "region_mse",
-                          "region_ratio_to_reconstruction", "region_ratio_to_no_change", "n_pairs"}
+        assert set(m) == set(METRIC_KEYS)
         assert m["n_pairs"] == 40
-        for k in ("mse", "ratio_to_reconstruction", "ratio_to_no_change", "region_mse",
-                  "region_ratio_to_reconstruction", "region_ratio_to_no_change"):
+        for k in set(METRIC_KEYS) - {"n_pairs"}:
             assert m[k] == pytest.approx(0.0, abs=1e-12), (part, k)
         ex = examples[part]
         assert set(ex) == {"a", "b", "truth", "transfer"}
@@ -280,6 +278,29 @@ def test_counterfactual_of_model_ignoring_the_part(ds):
     assert m["mse"] > 0 and m["region_mse"] > m["mse"]  # the change is concentrated in the region
     assert m["ratio_to_reconstruction"] is None  # reconstruction is exact: x / 0 has no value
     assert metrics["shape"]["ratio_to_no_change"] == pytest.approx(0.0)
+    # the split blames the recipient's other parts (its rest holds the colour), not the donor's part
+    assert m["mse_donor_part_only"] == 0.0 and m["ratio_donor_part_only"] == 0.0
+    assert m["mse_recipient_others_only"] == pytest.approx(m["mse"])
+
+
+def test_counterfactual_split_blames_a_part_that_carries_more_than_its_attribute(ds):
+    class ColourHoldsBackground(ShapesOracle):
+        """The colour part also holds the background, and the decoder reads it from there."""
+
+        def encode(self, x):
+            z = super().encode(x)
+            bg = z["rest"].flatten(1)[:, :N_BG]
+            return Latent({**dict(z.items()), "colour": torch.cat([z["colour"], bg], 1)})
+
+        def decode(self, z):
+            rest = z["rest"].flatten(1).clone()
+            rest[:, :N_BG] = z["colour"][:, N_COLOUR:]
+            return super().decode(Latent({**dict(z.items()), "colour": z["colour"][:, :N_COLOUR],
+                                          "rest": rest[:, :, None, None]}))
+
+    m = counterfactual_transfer(ColourHoldsBackground(), ds, n_pairs=40, seed=0)[0]["colour"]
+    assert m["mse"] > 0 and m["mse_donor_part_only"] > 0  # the donor's background comes along
+    assert m["mse_recipient_others_only"] == 0.0  # the recipient's other parts hold no colour
 
 
 def test_counterfactual_continuous_part_uses_random_pairs(ds):

@@ -10,7 +10,15 @@ decoded swap is scored against T and put in proportion to two references:
   than leaving A untouched (a decoder that ignores the part).
 
 Small attributes (expression) change few pixels, so the same figures are also given
-restricted to the pixels where A and T differ (``region_*``). With an evaluation oracle
+restricted to the pixels where A and T differ (``region_*``). A transfer can fail for two
+reasons, and two more decodes tell them apart (both over the reconstruction error, as above):
+
+* ``ratio_donor_part_only``: T's code with only part ``p`` taken from B. B and T share every
+  factor of ``p`` and nothing else, so above 1 means ``p`` also carries what else B shows (its
+  pose, its lighting, its own pixels): the part is not a function of its attribute;
+* ``ratio_recipient_others_only``: A's code with only part ``p`` taken from T. Above 1 means A's
+  other parts carry some of ``p``'s factors (A's identity, say) and the decoder uses them.
+ With an evaluation oracle
 (an independent network trained on real images, ``eval/oracle.py``) the transfers are
 also read back: the share carrying B's label of the swapped attribute and A's labels of
 the others, and Spearman correlations of regressed continuous factors with B's values
@@ -33,7 +41,9 @@ from facefactors.eval.reconstruction import to_unit
 from facefactors.latent import swap
 
 METRIC_KEYS = ("mse", "ratio_to_reconstruction", "ratio_to_no_change",
-               "region_mse", "region_ratio_to_reconstruction", "region_ratio_to_no_change", "n_pairs")
+               "region_mse", "region_ratio_to_reconstruction", "region_ratio_to_no_change",
+               "mse_donor_part_only", "ratio_donor_part_only", "mse_recipient_others_only",
+               "ratio_recipient_others_only", "n_pairs")
 
 
 def safe_ratio(num: float, den: float) -> float | None:
@@ -119,7 +129,7 @@ def counterfactual_transfer(model, ds: ImageDataset, indices=None, n_pairs: int 
             continue
         ia, ib = idx[a_pos], idx[b_pos]
         cols = ds.factor_groups[p]
-        se = {"transfer": 0.0, "recon": 0.0, "nochange": 0.0}
+        se = {"transfer": 0.0, "recon": 0.0, "nochange": 0.0, "donor_part_only": 0.0, "recipient_others_only": 0.0}
         rse = {"transfer": 0.0, "recon": 0.0, "nochange": 0.0}
         n_values = 0
         n_region = 0
@@ -142,15 +152,19 @@ def counterfactual_transfer(model, ds: ImageDataset, indices=None, n_pairs: int 
                 transfer = model.decode(swap(za, zb, p)).float().clamp(-1, 1)
                 recon = model.decode(zt).float().clamp(-1, 1)
                 ut = to_unit(xt).cpu()
+                donor_part_only = model.decode(swap(zt, zb, p)).float().clamp(-1, 1)
+                recipient_others_only = model.decode(swap(za, zt, p)).float().clamp(-1, 1)
                 outs = {"transfer": to_unit(transfer).cpu(), "recon": to_unit(recon).cpu(),
-                        "nochange": to_unit(xa).cpu()}
+                        "nochange": to_unit(xa).cpu(), "donor_part_only": to_unit(donor_part_only).cpu(),
+                        "recipient_others_only": to_unit(recipient_others_only).cpu()}
                 region = (a_u8 != t_u8).any(dim=1, keepdim=True).expand_as(a_u8)
                 n_values += ut.numel()
                 n_region += int(region.sum())
                 for k, img in outs.items():
                     sq = (img - ut).double() ** 2
                     se[k] += float(sq.sum())
-                    rse[k] += float(sq[region].sum())
+                    if k in rse:
+                        rse[k] += float(sq[region].sum())
                 if oracle is not None:
                     read["transfer"].append(oracle.predict(to_uint8_image(transfer.cpu())))
                     read["truth"].append(oracle.predict(t_u8))
@@ -170,6 +184,10 @@ def counterfactual_transfer(model, ds: ImageDataset, indices=None, n_pairs: int 
             "region_mse": region_mse,
             "region_ratio_to_reconstruction": safe_ratio(rse["transfer"], rse["recon"]) if n_region else None,
             "region_ratio_to_no_change": safe_ratio(rse["transfer"], rse["nochange"]) if n_region else None,
+            "mse_donor_part_only": se["donor_part_only"] / n_values,
+            "ratio_donor_part_only": safe_ratio(se["donor_part_only"], se["recon"]),
+            "mse_recipient_others_only": se["recipient_others_only"] / n_values,
+            "ratio_recipient_others_only": safe_ratio(se["recipient_others_only"], se["recon"]),
             "n_pairs": int(len(ia)),
         }
         if oracle is not None:

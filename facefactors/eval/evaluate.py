@@ -30,7 +30,8 @@ from facefactors.latent import Latent
 SUITE = ("mig_dci_sap", "entropy", "hopkins", "tsne", "fewshot", "frechet", "readback", "identity", "complements",
          "memorisation", "attribute_interpolation", "switch_edits", "sampling")
 CF_RATIO_KEYS = ("ratio_to_reconstruction", "ratio_to_no_change",
-                 "region_ratio_to_reconstruction", "region_ratio_to_no_change")
+                 "region_ratio_to_reconstruction", "region_ratio_to_no_change",
+                 "ratio_donor_part_only", "ratio_recipient_others_only")
 
 
 @dataclass

@@ -127,13 +127,17 @@ def _counterfactual_section(cf: Mapping[str, Any]) -> str:
     if not cf:
         return ""
     keys = ["mse", "ratio_to_reconstruction", "ratio_to_no_change", "region_mse",
-            "region_ratio_to_reconstruction", "region_ratio_to_no_change", "n_pairs"]
+            "region_ratio_to_reconstruction", "region_ratio_to_no_change", "ratio_donor_part_only",
+            "ratio_recipient_others_only", "n_pairs"]
     rows = [[_e(p)] + [_num(m.get(k), "{:.5f}" if k.endswith("mse") else ("{}" if k == "n_pairs" else "{:.3f}"))
                        for k in keys] for p, m in cf.items()]
     return ("<h2>Counterfactual transfer</h2>"
             '<p class="note">The swapped decode against the re-rendered truth. Ratio to reconstruction 1 = as good '
             "as reconstructing the truth itself; ratio to no change 1 = no better than leaving the source "
-            "unchanged. <i>region</i> figures count only the pixels the true change touches.</p>"
+            "unchanged. <i>region</i> figures count only the pixels the true change touches. Why a transfer "
+            "fails: <i>donor part only</i> decodes the truth's code with only the part from the donor (above 1: "
+            "the part carries more than its attribute); <i>recipient others only</i> decodes the recipient's code "
+            "with only the part from the truth (above 1: the other parts carry the attribute too).</p>"
             + _table(["part"] + keys, rows))
 
 
