@@ -292,6 +292,8 @@ def test_adversary_memory_trains_the_adversaries_on_past_codes_too():
      {"kl": 0.03, "confuse_linked": ("skin_tone", "hair_colour"), "identity_pairs": 16, "identity_compact": 10.0}),
     ("adversarial_attributes_synthfaces_advmem.yaml", "adversarial_attributes_synthfaces_dependence.yaml",
      {"kl": 0.03, "confuse_linked": ("skin_tone", "hair_colour"), "adversary_memory": 1024}),
+    ("adversarial_attributes_synthfaces_pairswap.yaml", "adversarial_attributes_synthfaces_advmem.yaml",
+     {"identity_pairs": 16, "pair_swap": 300.0, "hybrid": 1.0}),
 ])
 def test_dependence_configs(name, base_name, differs):
     from pathlib import Path
