@@ -498,7 +498,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_interpolate)
 
     s = sub.add_parser("demo", help="generate SynthFaces, train, evaluate, write a report", formatter_class=fmt,
-                       epilog=_examples("facefactors demo          # about 10 minutes on 2 CPU cores\n"
+                       epilog=_examples("facefactors demo          # about 12 minutes on 2 CPU cores\n"
                                         "facefactors demo --quick  # about 2 minutes"))
     s.add_argument("--quick", action="store_true", help="a small, fast version (about 2 minutes)")
     s.add_argument("--out", default="runs/demo")

@@ -11,17 +11,32 @@ from facefactors.errors import FacefactorsError
 MARKER = ".facefactors-demo"
 
 # The best method available moves here as methods land; sizes fit the time budget on 2 CPU cores.
+# adversarial_attributes is the only method that models identity, expression and illumination at
+# once and transfers each within 1.5x its reconstruction error (BENCHMARKS.md, "same-identity
+# swaps"); these are the settings of configs/adversarial_attributes_synthfaces_pairswap.yaml with
+# the step count cut to what fits the demo's budget (the warm-up and ramp scale with it).
+_AA_METHOD = {
+    "lr": 2e-4, "betas": [0.5, 0.999], "classifier_lr": 2e-4, "critic_lr": 2e-4,
+    "code_channels": 4, "code_size": 4, "res_blocks": 2, "rec": 1000.0, "rec_loss": "mse",
+    "cls": 1.0, "dis": 1.0, "hybrid": 1.0, "adv": 0.1, "gp": 10.0, "critic_every": 4,
+    "adversary_hidden": 256, "adversary": 1.0, "adversary_steps": 3, "adversary_lr": 1e-3,
+    "confuse_extra": ["background", "glasses", "pose"], "kl": 0.03, "attr_width": 16,
+    "warmup": 0.1, "ramp": 0.1, "moments": 3.0, "kernel": 30.0, "whiten": True, "hybrid_batch": 16,
+    "confuse_linked": ["skin_tone", "hair_colour"], "adversary_memory": 1024,
+    "identity_pairs": 16, "pair_swap": 300.0,
+}
+_ATTRIBUTES = ["identity", "expression", "illumination"]
+
 DEMO = {
     "full": {
         "minutes": 10,
         "config": {
             "seed": 0,
             "data": {"name": "synthfaces", "size": 64, "n": 20000, "n_identities": 100, "seed": 0},
-            "model": {"method": "autoencoder", "attributes": ["identity", "expression", "illumination"],
-                      "width": 32, "part_dims": {"identity": 64, "expression": 16, "illumination": 16, "rest": 64}},
-            "method": {"lr": 1e-3},
-            "train": {"steps": 2400, "batch_size": 64, "time_budget_min": 10, "checkpoint_every": 2000,
-                      "preview_every": 1000},
+            "model": {"method": "adversarial_attributes", "attributes": _ATTRIBUTES, "width": 32},
+            "method": _AA_METHOD,
+            "train": {"steps": 1300, "batch_size": 32, "time_budget_min": 10, "checkpoint_every": 500,
+                      "preview_every": 500},
             "eval": {"n_pairs": 200, "max_train": 3000, "max_test": 1500, "oracle_steps": 600,
                      "tsne_points": 600, "identity": {"max_verify_images": 4000, "edit_images": 64},
                      "suite": ["mig_dci_sap", "entropy", "hopkins", "tsne", "frechet", "readback", "identity",
@@ -33,11 +48,10 @@ DEMO = {
         "config": {
             "seed": 0,
             "data": {"name": "synthfaces", "size": 32, "n": 5000, "n_identities": 40, "seed": 0},
-            "model": {"method": "autoencoder", "attributes": ["identity", "expression", "illumination"],
-                      "width": 32, "part_dims": {"identity": 32, "expression": 8, "illumination": 8, "rest": 32}},
-            "method": {"lr": 2e-3},
-            "train": {"steps": 1200, "batch_size": 64, "time_budget_min": 1.2, "checkpoint_every": 600,
-                      "preview_every": 400},
+            "model": {"method": "adversarial_attributes", "attributes": _ATTRIBUTES, "width": 32},
+            "method": {**_AA_METHOD, "lr": 4e-4, "classifier_lr": 4e-4, "critic_lr": 4e-4},
+            "train": {"steps": 350, "batch_size": 32, "time_budget_min": 1.2, "checkpoint_every": 300,
+                      "preview_every": 200},
             "eval": {"n_pairs": 100, "max_train": 1500, "max_test": 800, "mlp_hidden": 128, "oracle_steps": 300,
                      "suite": ["mig_dci_sap", "entropy", "frechet", "readback"]},
         },
