@@ -281,6 +281,36 @@ def test_adversary_memory_trains_the_adversaries_on_past_codes_too():
         build_model(aa_config(adversary_hidden=0, adversary_memory=4), ds)
 
 
+def test_adversary_given_sees_the_labels_its_part_may_carry():
+    import torch.nn.functional as F
+
+    ds = blobs_dataset()
+    torch.manual_seed(0)
+    model = build_model(aa_config(adversary_hidden=8, adversary_given=True, code_channels=1, code_size=2), ds).train()
+    k = model.n_classes
+    assert model.given == {"colour": ["colour"], "place": ["place"], "rest": []}
+    for q, a, head in model._adversary_heads():
+        assert head.net[1].in_features == 4 + (k[q] if q in k else 0)
+    batch = ds.batch(range(8))
+    gen = model.train_step(batch, 50, 100)
+    group, losses = next(gen)
+    while group != "adversaries":
+        group, losses = next(gen)
+    # the update reads each code beside the one-hot label of its own attribute
+    z = model.encode(batch.image).detach()
+    expected = []
+    for q, a, head in model._adversary_heads():
+        x = z[q].flatten(1)
+        if q in k:
+            x = torch.cat([x, F.one_hot(batch.labels[q], k[q]).float()], dim=1)
+        expected.append(F.cross_entropy(head(x), batch.labels[a]))
+    torch.testing.assert_close(losses["adv_ce"], sum(expected) / len(expected))
+    rest = dict(gen)
+    assert torch.isfinite(rest["autoencoder"]["dis_mlp"])
+    with pytest.raises(FacefactorsError, match="adversary_given"):
+        build_model(aa_config(adversary_hidden=0, adversary_given=True), ds)
+
+
 @pytest.mark.parametrize("name, base_name, differs", [
     ("adversarial_attributes_synthfaces_dependence.yaml", "adversarial_attributes_synthfaces.yaml",
      {"moments": 3.0, "kernel": 30.0, "whiten": True, "hybrid_batch": 16, "critic_every": 4}),
@@ -294,6 +324,8 @@ def test_adversary_memory_trains_the_adversaries_on_past_codes_too():
      {"kl": 0.03, "confuse_linked": ("skin_tone", "hair_colour"), "adversary_memory": 1024}),
     ("adversarial_attributes_synthfaces_pairswap.yaml", "adversarial_attributes_synthfaces_advmem.yaml",
      {"identity_pairs": 16, "pair_swap": 300.0, "hybrid": 1.0}),
+    ("adversarial_attributes_synthfaces_given.yaml", "adversarial_attributes_synthfaces_pairswap.yaml",
+     {"adversary_given": True}),
 ])
 def test_dependence_configs(name, base_name, differs):
     from pathlib import Path

@@ -68,6 +68,15 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   identity labels: it is the only term that trains the decoder on mixed codes against pixels
   (the hybrids are judged by classifiers and a critic only), and an identity part that carries
   its own image's lighting or pose puts the partner's into the swap and pays for it.
+- ``adversary_given``: each MLP adversary also sees the one-hot labels of what its part may
+  carry (an attribute part: its attribute; ``rest``: the ``confuse_extra`` nuisances), so it
+  reads what the part keeps of another attribute *within* a class. A fresh probe fit on
+  thousands of codes learns the class centres and reads the lighting in what varies around them
+  (the identity part's leak lies in its within-identity residual; BENCHMARKS.md); an adversary
+  fit on a thousand codes sees about ten per identity and cannot. Given the label, a class centre
+  is one learned vector. For an attribute independent of the given labels, what the part keeps
+  of it is at most what it keeps given them, so confusing the conditional adversary bounds the
+  unconditional leak.
 """
 from __future__ import annotations
 
@@ -130,6 +139,7 @@ class AdversarialAttributesParams(MethodParams):
     hybrid_batch: int = 0                 # hybrids decoded per step (0: the whole batch)
     memory: int = 0                       # moments / kernel also see this many past codes (detached)
     adversary_memory: int = 0             # the MLP adversaries also train on this many past codes (detached)
+    adversary_given: bool = False         # the MLP adversaries also see the labels their part may carry (not in the paper)
     latent_cycle: float = 0.0             # hybrids re-encoded must give back the codes they were decoded from (not in the paper)
     identity_pairs: int = 0               # same-identity partners drawn for the first n images, encoded for the terms below
     identity_compact: float = 0.0         # within-identity share of the identity part's variance (not in the paper)
@@ -182,8 +192,9 @@ class AdversarialAttributes(Method):
         for key in ("hybrid_batch", "memory", "adversary_memory", "identity_pairs"):
             if getattr(p, key) < 0:
                 raise ValueError(f"method.{key}={getattr(p, key)!r} must be >= 0")
-        if p.adversary_memory > 0 and p.adversary_hidden <= 0:
-            raise ValueError("adversary_memory needs MLP adversaries (adversary_hidden > 0)")
+        for key in ("adversary_memory", "adversary_given"):
+            if getattr(p, key) and p.adversary_hidden <= 0:
+                raise ValueError(f"{key} needs MLP adversaries (adversary_hidden > 0)")
         for key in ("identity_compact", "pair_swap"):
             if getattr(p, key) > 0 and p.identity_pairs <= 0:
                 raise ValueError(f"{key} needs identity_pairs > 0: a batch alone rarely holds two faces of one identity")
@@ -228,9 +239,14 @@ class AdversarialAttributes(Method):
         self.critic = PatchCritic(setup.channels, p.critic_width, p.critic_layers, style=p.critic_style) if p.adv > 0 else None
         code_dim = p.code_channels * p.code_size * p.code_size
         self.adversaries = None
+        # labels each part's adversaries are given with adversary_given: what the part may carry
+        self.given = {q: ([q] if q in self.n_classes else list(self.extra_classes)) if p.adversary_given else []
+                      for q in parts}
         if p.adversary_hidden > 0:
-            self.adversaries = nn.ModuleDict({f"{q}__{a}": MLPHead(code_dim, self.confusion_classes[a], p.adversary_hidden)
-                                              for q, a in self.confusion_pairs})
+            self.adversaries = nn.ModuleDict({
+                f"{q}__{a}": MLPHead(code_dim + sum(self.confusion_classes[g] for g in self.given[q]),
+                                     self.confusion_classes[a], p.adversary_hidden)
+                for q, a in self.confusion_pairs})
         self.part_white = None
         dependence = p.moments > 0 or p.kernel > 0
         if p.whiten and dependence:
@@ -299,6 +315,10 @@ class AdversarialAttributes(Method):
                                               p.lr, betas=p.betas)
         return groups
 
+    def _adversary_heads(self) -> list[tuple[str, str, nn.Module]]:
+        """(part, attribute, head) of every MLP adversary."""
+        return [(*key.split("__"), head) for key, head in self.adversaries.items()]
+
     def schedule(self, step: int, total_steps: int) -> float:
         """Multiplier of the confusion, hybrid and critic terms: 0 during warm-up, then a linear ramp."""
         return warmup_ramp(step, total_steps, self.params.warmup, self.params.ramp)
@@ -307,6 +327,14 @@ class AdversarialAttributes(Method):
         """Part q flattened, as the dependence terms see it: whitened with ``whiten``."""
         x = z[q].flatten(1)
         return self.part_white[q](x) if self.part_white is not None else x
+
+    def _adversary_input(self, q: str, code: torch.Tensor, labels) -> torch.Tensor:
+        """Part q's code, flattened, with the one-hot labels it is given (``adversary_given``)."""
+        code = code.flatten(1)
+        if not self.given[q]:
+            return code
+        onehots = [F.one_hot(labels[g].long(), self.confusion_classes[g]).to(code.dtype) for g in self.given[q]]
+        return torch.cat([code, *onehots], dim=1)
 
     def dependence_terms(self, z: Latent, labels, scale: float) -> dict[str, torch.Tensor]:
         """``moments`` and ``kernel``: the mean over the confusion pairs (q, a) of how much a's
@@ -380,8 +408,8 @@ class AdversarialAttributes(Method):
                 codes, seen_labels = self.adversary_ring.with_memory(codes, labels)
                 self.adversary_ring.remember({n: z[n].detach() for n in self.part_names}, labels)
             for _ in range(p.adversary_steps):  # logged adv_ce is the sum over these updates
-                losses = [F.cross_entropy(head(codes[key.split("__")[0]]), seen_labels[key.split("__")[1]])
-                          for key, head in self.adversaries.items()]
+                losses = [F.cross_entropy(head(self._adversary_input(q, codes[q], seen_labels)), seen_labels[a])
+                          for q, a, head in self._adversary_heads()]
                 yield "adversaries", {"adv_ce": sum(losses) / len(losses)}
 
         # 4. encoders and decoder
@@ -397,7 +425,8 @@ class AdversarialAttributes(Method):
             if terms:
                 out["dis"] = s * p.dis * sum(terms) / len(terms)
         if self.adversaries is not None and p.adversary > 0 and s > 0:
-            terms = [uniform_cross_entropy(head(z[key.split("__")[0]])) for key, head in self.adversaries.items()]
+            terms = [uniform_cross_entropy(head(self._adversary_input(q, z[q], labels)))
+                     for q, _, head in self._adversary_heads()]
             out["dis_mlp"] = s * p.adversary * sum(terms) / len(terms)
         z_dep, labels_dep = (z, labels) if z_all is None else (z_all, labels_all)  # with partners
         if (p.moments > 0 or p.kernel > 0) and s > 0:
