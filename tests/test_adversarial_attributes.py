@@ -326,6 +326,8 @@ def test_adversary_given_sees_the_labels_its_part_may_carry():
      {"identity_pairs": 16, "pair_swap": 300.0, "hybrid": 1.0}),
     ("adversarial_attributes_synthfaces_given.yaml", "adversarial_attributes_synthfaces_pairswap.yaml",
      {"adversary_given": True}),
+    ("adversarial_attributes_synthfaces_carry.yaml", "adversarial_attributes_synthfaces_given.yaml",
+     {"carry": {"expression": ["expression_intensity"]}}),
 ])
 def test_dependence_configs(name, base_name, differs):
     from pathlib import Path
@@ -428,3 +430,61 @@ def test_old_memory_buffer_names_still_load():
     fresh.load_state_dict(state)
     torch.testing.assert_close(fresh.memory.codes, model.memory.codes)
     assert int(fresh.memory.filled) == 5
+
+
+def test_carry_regresses_continuous_labels_where_they_show(tmp_path):
+    import torch.nn.functional as F
+
+    from facefactors.data import make_dataset
+
+    data = {"name": "synthfaces", "size": 32, "n": 96, "n_identities": 12, "seed": 1}
+    faces = make_dataset(data)
+    raw = {"seed": 0, "data": data,
+           "model": {"method": "adversarial_attributes", "attributes": ["identity", "expression"], "width": 8},
+           "method": {"code_channels": 4, "code_size": 4, "critic_width": 8, "res_blocks": 1,
+                      "carry": {"expression": ["expression_intensity"]}, "carry_weight": 2.0},
+           "train": {"steps": 2, "batch_size": 8, "progress": False, "preview_every": 0}}
+    model = build_model(build_dataclass(RunConfig, raw), faces)
+    k = model.n_classes["expression"]
+    assert model.classifiers["expression"](faces.batch(range(2)).image).shape == (2, k + 1)
+    assert model.classifiers["identity"](faces.batch(range(2)).image).shape == (2, model.n_classes["identity"])
+    model.bind_dataset(faces, seed=0)
+    # standardised by the train split's faces that show an expression (a neutral face hides intensity)
+    train = torch.as_tensor(faces.split("train"))
+    shown = faces.labels["expression"][train] != 0
+    t = faces.labels["expression_intensity"][train][shown].float()
+    torch.testing.assert_close(model.carry_mean_expression, t.mean().reshape(1))
+    torch.testing.assert_close(model.carry_std_expression, t.std().reshape(1))
+
+    batch = faces.batch(range(16))
+    lab = batch.labels
+    assert (lab["expression"] == 0).any() and (lab["expression"] != 0).any()
+    out = torch.randn(16, k + 1)
+    z = (lab["expression_intensity"].float() - model.carry_mean_expression) / model.carry_std_expression
+    keep = lab["expression"] != 0
+    torch.testing.assert_close(model.carry_loss(out, "expression", lab), (out[keep, k] - z[keep]).pow(2).mean())
+    idx = torch.arange(15, -1, -1)  # a hybrid's targets are its donor's, masked by the donor's expression
+    torch.testing.assert_close(model.carry_loss(out, "expression", lab, idx),
+                               (out[:, k] - z[idx])[keep[idx]].pow(2).mean())
+
+    model.train()
+    steps = dict(model.train_step(batch, 0, 100))
+    want = 0.5 * (F.cross_entropy(model.classifiers["identity"](batch.image), lab["identity"])
+                  + F.cross_entropy(model.classifiers["expression"](batch.image)[:, :k], lab["expression"])
+                  + 2.0 * model.carry_loss(model.classifiers["expression"](batch.image), "expression", lab))
+    torch.testing.assert_close(steps["classifiers"]["cls_real"], want, rtol=1e-4, atol=1e-5)
+    ae = steps["autoencoder"]
+    assert torch.isfinite(ae["carry_rec"]) and ae["carry_rec"] > 0 and torch.isfinite(ae["hybrid"])
+
+    # the standardisation is saved with the model and survives a resume
+    Trainer(build_dataclass(RunConfig, raw), tmp_path / "r", dataset=faces, log=lambda m: None).fit()
+    tensors, _ = read_checkpoint(list_checkpoints(tmp_path / "r")[-1])
+    key = next(k for k in tensors if k.endswith("carry_mean_expression"))
+    torch.testing.assert_close(tensors[key], model.carry_mean_expression)
+
+    with pytest.raises(FacefactorsError, match="'glasses', which is not a modelled attribute"):
+        build_model(build_dataclass(RunConfig, {**raw, "method": {**raw["method"], "carry": {"glasses": ["x"]}}}), faces)
+    bad = build_model(build_dataclass(RunConfig, {**raw, "method": {**raw["method"],
+                                                                   "carry": {"expression": ["skin_tone"]}}}), faces)
+    with pytest.raises(FacefactorsError, match="'skin_tone', which is not a continuous label"):
+        bad.bind_dataset(faces)

@@ -77,10 +77,17 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   is one learned vector. For an attribute independent of the given labels, what the part keeps
   of it is at most what it keeps given them, so confusing the conditional adversary bounds the
   unconditional leak.
+- ``carry`` (attribute -> continuous labels, e.g. expression -> expression_intensity): C_m also
+  regresses those labels (standardised by the bound train split; rows where the dataset declares
+  the factor hidden, such as a neutral face's intensity, are skipped). Its regression outputs are
+  trained on real images, read from the part's code with the class (``cls``), and demanded of the
+  hybrids (the donor's value) and of the reconstructions, each weighted by ``carry_weight``. The
+  class labels alone ask a transfer for the donor's expression, not for how strongly it shows,
+  and L1 reconstruction blurs a subtle mouth into its class mean (BENCHMARKS.md).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Iterator
 
 import torch
@@ -89,6 +96,7 @@ from torch import nn
 
 from facefactors.data.pairs_sampler import PairSampler, fetch_like
 from facefactors.data.specs import Batch, ImageDataset
+from facefactors.errors import FacefactorsError
 from facefactors.latent import Latent
 from facefactors.methods.autoencoder import reconstruction_loss
 from facefactors.methods.base import Method, MethodParams, ModelSetup, OptimizerSpec, warmup_ramp
@@ -144,6 +152,8 @@ class AdversarialAttributesParams(MethodParams):
     identity_pairs: int = 0               # same-identity partners drawn for the first n images, encoded for the terms below
     identity_compact: float = 0.0         # within-identity share of the identity part's variance (not in the paper)
     pair_swap: float = 0.0                # reconstruct each paired image from its partner's identity part (not in the paper)
+    carry: dict[str, list[str]] = field(default_factory=dict)  # attribute -> continuous labels C_m also regresses (not in the paper)
+    carry_weight: float = 1.0             # weight of those regressions (real images, codes, hybrids, reconstructions)
 
 
 def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -233,9 +243,20 @@ class AdversarialAttributes(Method):
             for n in parts})
         self.decoder = MapDecoder(setup.image_size, setup.channels, p.code_channels * len(parts), p.code_size,
                                   setup.width, setup.norm, p.res_blocks)
+        unknown = [a for a in p.carry if a not in self.n_classes]
+        if unknown:
+            raise ValueError(f"method.carry names {unknown[0]!r}, which is not a modelled attribute; "
+                             f"modelled: {', '.join(self.attributes)}")
+        self.carry = {a: list(p.carry[a]) for a in self.attributes if p.carry.get(a)}
         self.classifiers = nn.ModuleDict({
-            a: CodeShapedClassifier(setup.image_size, setup.channels, p.code_channels, p.code_size, k, setup.width)
+            a: CodeShapedClassifier(setup.image_size, setup.channels, p.code_channels, p.code_size,
+                                    k + len(self.carry.get(a, [])), setup.width)
             for a, k in self.n_classes.items()})
+        # standardisation of the carried labels (set from the bound train split; saved with the model)
+        for a, names in self.carry.items():
+            self.register_buffer(f"carry_mean_{a}", torch.zeros(len(names)))
+            self.register_buffer(f"carry_std_{a}", torch.ones(len(names)))
+        self._carry_hidden: dict[str, dict[str, list[int]]] = {}
         self.critic = PatchCritic(setup.channels, p.critic_width, p.critic_layers, style=p.critic_style) if p.adv > 0 else None
         code_dim = p.code_channels * p.code_size * p.code_size
         self.adversaries = None
@@ -263,6 +284,18 @@ class AdversarialAttributes(Method):
     # ------------------------------------------------------------------ data
     def bind_dataset(self, ds: ImageDataset, seed: int = 0, split: str = "train") -> None:
         """With ``identity_pairs``: draw same-identity partners from ``ds``'s ``split``."""
+        for a, names in self.carry.items():
+            missing = [t for t in names if t not in ds.labels or ds.labels[t].dtype.is_floating_point is False]
+            if missing:
+                raise FacefactorsError(f"method.carry asks {a!r} to regress {missing[0]!r}, which is not a continuous "
+                                       f"label of dataset {ds.name!r}; its labels: {', '.join(ds.labels)}")
+            self._carry_hidden.update({t: ds.factor_hidden[t] for t in names if t in ds.factor_hidden})
+            rows = torch.as_tensor(ds.split(split))
+            t = torch.stack([ds.labels[n][rows].float() for n in names], dim=1)
+            shown = self._carry_shown({k: v[rows] for k, v in ds.labels.items()}, names)
+            getattr(self, f"carry_mean_{a}").copy_(torch.nanmean(t.masked_fill(~shown, float("nan")), 0))
+            getattr(self, f"carry_std_{a}").copy_(torch.stack([t[shown[:, j], j].std() for j in range(len(names))])
+                                                  .clamp_min(1e-6))
         if self.params.identity_pairs > 0:
             self._partners = PairSampler(ds.labels["identity"], ds.split(split), seed)
             self._images = ds.images
@@ -276,6 +309,38 @@ class AdversarialAttributes(Method):
         rows = torch.from_numpy(idx)
         return (fetch_like(self._images, idx, batch.image),
                 {a: v[rows].to(batch.image.device) for a, v in self._labels.items()})
+
+    def _carry_shown(self, labels, names: list[str]) -> torch.Tensor:
+        """(B, T) bool: the carried label shows in the image (not declared hidden by the dataset)."""
+        cols = []
+        for t in names:
+            shown = torch.ones_like(labels[t], dtype=torch.bool)
+            for other, values in self._carry_hidden.get(t, {}).items():
+                shown &= ~torch.isin(labels[other], torch.as_tensor(values, device=labels[other].device))
+            cols.append(shown)
+        return torch.stack(cols, dim=1)
+
+    def carry_loss(self, outputs: torch.Tensor, a: str, labels, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Squared error of C_a's regression outputs (after its class logits) against the carried
+        labels (``idx``: of the rows idx), standardised, over the rows where they show."""
+        names = self.carry[a]
+        if not all(t in labels for t in names):
+            missing = next(t for t in names if t not in labels)
+            raise FacefactorsError(f"method.carry needs the label {missing!r}, but the batch has only: {', '.join(labels)}")
+        rows = labels if idx is None else {k: v[idx] for k, v in labels.items()}
+        t = torch.stack([rows[n].float() for n in names], dim=1)
+        t = (t - getattr(self, f"carry_mean_{a}")) / getattr(self, f"carry_std_{a}")
+        shown = self._carry_shown(rows, names).to(t.dtype)
+        err = (outputs[:, self.n_classes[a]:].float() - t).pow(2) * shown
+        return err.sum() / shown.sum().clamp_min(1.0)
+
+    def _class_loss(self, logits: torch.Tensor, a: str, labels, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """Cross-entropy of C_a's class logits, plus its carried regressions (``carry_weight``)."""
+        y = labels[a] if idx is None else labels[a][idx]
+        loss = F.cross_entropy(logits[:, :self.n_classes[a]], y)
+        if a in self.carry:
+            loss = loss + self.params.carry_weight * self.carry_loss(logits, a, labels, idx)
+        return loss
 
     # ------------------------------------------------------------------ the model
     @property
@@ -371,7 +436,7 @@ class AdversarialAttributes(Method):
         s = self.schedule(step, total_steps)
 
         # 1. classifiers C_m on real images only
-        yield "classifiers", {"cls_real": sum(F.cross_entropy(self.classifiers[a](x), labels[a])
+        yield "classifiers", {"cls_real": sum(self._class_loss(self.classifiers[a](x), a, labels)
                                               for a in self.attributes) / len(self.attributes)}
 
         b = len(x)
@@ -417,10 +482,10 @@ class AdversarialAttributes(Method):
         if kl is not None:
             out["kl"] = p.kl * kl
         if p.cls > 0:
-            out["cls"] = p.cls * sum(F.cross_entropy(self.classifiers[a].head(z[a]), labels[a])
+            out["cls"] = p.cls * sum(self._class_loss(self.classifiers[a].head(z[a]), a, labels)
                                      for a in self.attributes) / len(self.attributes)
         if p.dis > 0 and s > 0:
-            terms = [uniform_cross_entropy(self.classifiers[a].head(z[part]))
+            terms = [uniform_cross_entropy(self.classifiers[a].head(z[part])[:, :self.n_classes[a]])
                      for part in self.part_names for a in self.attributes if a != part]
             if terms:
                 out["dis"] = s * p.dis * sum(terms) / len(terms)
@@ -435,8 +500,11 @@ class AdversarialAttributes(Method):
             out["compact"] = s * p.identity_compact * within_class_share(
                 self._part_seen(z_dep, "identity"), labels_dep["identity"], self.n_classes["identity"])
         if use_hybrid and p.hybrid > 0:
-            out["hybrid"] = s * p.hybrid * sum(F.cross_entropy(self.classifiers[a](x_mix), labels[a][perms[a]])
+            out["hybrid"] = s * p.hybrid * sum(self._class_loss(self.classifiers[a](x_mix), a, labels, perms[a])
                                                for a in self.attributes) / len(self.attributes)
+        if self.carry:  # the reconstructions must show the carried labels too (the hybrids' ceiling)
+            out["carry_rec"] = p.carry_weight * sum(self.carry_loss(self.classifiers[a](x_rec), a, labels)
+                                                    for a in self.carry) / len(self.carry)
         if use_critic:
             out["adv"] = -s * p.adv * self.critic(x_mix).mean()
         if p.pair_swap > 0 and z_all is not None:  # x from its partner's identity part: a known answer
