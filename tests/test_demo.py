@@ -12,9 +12,9 @@ CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @pytest.mark.parametrize("plan", ["full", "quick"])
-def test_demo_trains_the_recorded_pairswap_settings(plan):
+def test_demo_trains_the_recorded_settings(plan):
     demo = build_dataclass(RunConfig, DEMO[plan]["config"])
-    recorded = load_config(CONFIGS / "adversarial_attributes_synthfaces_pairswap.yaml")
+    recorded = load_config(CONFIGS / "adversarial_attributes_synthfaces_carry.yaml")
     ours = vars(build_dataclass(AdversarialAttributesParams, demo.method, "method"))
     theirs = vars(build_dataclass(AdversarialAttributesParams, recorded.method, "method"))
     lr_keys = {"lr", "classifier_lr", "critic_lr"} if plan == "quick" else set()
@@ -23,6 +23,8 @@ def test_demo_trains_the_recorded_pairswap_settings(plan):
     assert demo.model.method == recorded.model.method
     assert demo.model.attributes == recorded.model.attributes
     assert demo.train.batch_size == recorded.train.batch_size
+    for key in ("lr_schedule", "lr_decay_start", "lr_final"):
+        assert getattr(demo.train, key) == getattr(recorded.train, key), key
     assert demo.train.time_budget_min <= DEMO[plan]["minutes"]
 
 
