@@ -38,7 +38,7 @@ DEMO = {
             "data": {"name": "synthfaces", "size": 64, "n": 20000, "n_identities": 100, "seed": 0},
             "model": {"method": "adversarial_attributes", "attributes": _ATTRIBUTES, "width": 32},
             "method": _AA_METHOD,
-            "train": {"steps": 1300, "batch_size": 32, "time_budget_min": 10, "checkpoint_every": 500,
+            "train": {"steps": 1100, "batch_size": 32, "time_budget_min": 10, "checkpoint_every": 500,
                       "preview_every": 500, **_AA_SCHEDULE},
             "eval": {"n_pairs": 200, "max_train": 3000, "max_test": 1500, "oracle_steps": 600,
                      "tsne_points": 600, "identity": {"max_verify_images": 4000, "edit_images": 64},
