@@ -488,3 +488,60 @@ def test_carry_regresses_continuous_labels_where_they_show(tmp_path):
                                                                    "carry": {"expression": ["skin_tone"]}}}), faces)
     with pytest.raises(FacefactorsError, match="'skin_tone', which is not a continuous label"):
         bad.bind_dataset(faces)
+
+
+def test_kernel_within_sees_what_a_part_keeps_around_its_class_centres(tmp_path):
+    import json
+
+    from facefactors.latent import Latent
+    from facefactors.nn.losses import label_kernel_dependence
+
+    ds = blobs_dataset()
+    model = build_model(aa_config(adversary_hidden=0, kernel_within=2.0, within_memory=16, within_momentum=0.5,
+                                  code_channels=1, code_size=2), ds).train()
+    assert model.within_pairs == [("colour", "place"), ("place", "colour")]
+    gen = torch.Generator().manual_seed(0)
+
+    def codes(labels, leak):
+        """Each colour at its own centre; the colour part keeps `leak` x place around it."""
+        centres = torch.tensor([[3.0, 0, 0, 0], [0, 3.0, 0, 0], [0, 0, 3.0, 0]])
+        c = centres[labels["colour"]] + 0.1 * torch.randn(len(labels["colour"]), 4, generator=gen)
+        c[:, 3] += leak * (2 * labels["place"].float() - 1)
+        return Latent([("colour", c.reshape(-1, 1, 2, 2)), ("place", torch.randn(len(c), 1, 2, 2, generator=gen)),
+                       ("rest", torch.randn(len(c), 1, 2, 2, generator=gen))])
+
+    b0 = ds.batch(range(0, 24))
+    z0 = codes(b0.labels, 0.0)
+    model.within_residuals(z0, b0.labels, update=True)  # first sight of a class: its batch mean
+    for k in range(3):
+        torch.testing.assert_close(model.centre_colour[k], z0["colour"].flatten(1)[b0.labels["colour"] == k].mean(0))
+    before = model.centre_colour.clone()
+    model.within_residuals(z0, b0.labels, update=True)  # then a running mean at within_momentum
+    torch.testing.assert_close(model.centre_colour, before)  # the same batch: its means are the centres
+
+    # the whole code reads place weakly (class structure dominates); the residual reads it clearly
+    b1 = ds.batch(range(24, 72))
+    z1 = codes(b1.labels, 0.3)
+    whole = label_kernel_dependence(z1["colour"].flatten(1), b1.labels["place"], 2, unbiased=True)
+    res = model.within_residuals(z1, b1.labels, update=False)["colour"]
+    inside = label_kernel_dependence(res / res.std(0), b1.labels["place"], 2, unbiased=True)
+    assert inside > 0.3 and inside > 3 * whole
+    clean = model.within_terms(codes(b1.labels, 0.0), b1.labels, 1.0)
+    z1 = z1.map(lambda t: t.clone().requires_grad_(True))
+    leaky = model.within_terms(z1, b1.labels, 1.0)
+    assert leaky > 5 * clean
+    leaky.backward()
+    assert z1["colour"].grad.abs().sum() > 0 and z1["rest"].grad is None
+    # the ring holds the last 16 residuals (detached) and their labels
+    assert int(model.within_ring.filled) == 16
+    torch.testing.assert_close(model.within_ring.codes[0], (z1["colour"].flatten(1) - model.centre_colour[
+        b1.labels["colour"]]).detach()[-16:], atol=0.2, rtol=0)  # centres moved a little after the residuals
+
+    with pytest.raises(FacefactorsError, match="within_momentum"):
+        build_model(aa_config(kernel_within=1.0, within_momentum=0.0), ds)
+    # logged in training, and the centres and ring are saved with the model (resume is exact)
+    Trainer(aa_config(steps=3, kernel_within=1.0, warmup=0.0), tmp_path / "r", dataset=ds, log=lambda m: None).fit()
+    rec = json.loads((tmp_path / "r" / "log.jsonl").read_text().splitlines()[-1])
+    assert "autoencoder/kernel_within" in rec
+    tensors, _ = read_checkpoint(list_checkpoints(tmp_path / "r")[-1])
+    assert any(k.endswith("centre_colour") for k in tensors) and any(k.endswith("within_ring.codes") for k in tensors)
