@@ -545,3 +545,24 @@ def test_kernel_within_sees_what_a_part_keeps_around_its_class_centres(tmp_path)
     assert "autoencoder/kernel_within" in rec
     tensors, _ = read_checkpoint(list_checkpoints(tmp_path / "r")[-1])
     assert any(k.endswith("centre_colour") for k in tensors) and any(k.endswith("within_ring.codes") for k in tensors)
+
+
+def test_kl_parts_weigh_each_parts_bottleneck():
+    from facefactors.methods.adversarial_attributes import gaussian_kl
+
+    ds = blobs_dataset()
+    model = build_model(aa_config(kl=0.1, kl_parts={"rest": 0.02, "colour": 0.5}), ds).train()
+    x = ds.batch(range(8)).image
+    torch.manual_seed(0)
+    _, _, kl = model.encode_stochastic(x)
+    c = model.params.code_channels
+    want = 0.0
+    for part, w in (("colour", 0.5), ("place", 0.1), ("rest", 0.02)):
+        h = model.encoders[part](x)
+        want = want + w * gaussian_kl(h[:, :c], h[:, c:].clamp(-12.0, 6.0))
+    torch.testing.assert_close(0.1 * kl, want)  # the charged term is kl times it
+    for bad, match in (({"glasses": 0.1}, "'glasses', which is not a part"), ({"rest": 0.0}, "needs kl > 0")):
+        with pytest.raises(FacefactorsError, match=match):
+            build_model(aa_config(kl=0.1, kl_parts=bad), ds)
+    with pytest.raises(FacefactorsError, match="needs kl > 0"):
+        build_model(aa_config(kl_parts={"rest": 0.1}), ds)

@@ -27,7 +27,8 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
 - ``kl`` > 0: a variational bottleneck: each encoder gives a mean and a log-variance, the
   decoder sees a sample during training and KL(q || N(0, I)) (nats, summed over the code)
   is charged. Information kept in two parts is paid for twice, so redundancy, the source of
-  leakage, is squeezed out; ``encode`` returns the mean;
+  leakage, is squeezed out; ``encode`` returns the mean. ``kl_parts`` gives named parts their own
+  weight (a lighter one for ``rest``, which carries most of the pixels);
 - ``warmup``/``ramp`` delay and ramp in the confusion, hybrid and critic terms;
 - ``adversary_steps`` updates of the adversaries per step (they must keep up with the
   encoders to be a real constraint) at their own ``adversary_lr``;
@@ -144,6 +145,7 @@ class AdversarialAttributesParams(MethodParams):
     confuse_extra: tuple[str, ...] = ()   # unmodelled attributes the attribute parts must not carry
     confuse_linked: tuple[str, ...] = ()  # identity-linked attributes every part but identity must not carry
     kl: float = 0.0                       # variational bottleneck weight per nat (0: deterministic codes)
+    kl_parts: dict[str, float] = field(default_factory=dict)  # per-part weights in place of kl (needs kl > 0)
     warmup: float = 0.0                   # fraction of training before dis/hybrid/adv start
     ramp: float = 0.0                     # fraction of training over which they ramp to full weight
     critic_every: int = 1                 # critic update (and its term) every k steps
@@ -219,6 +221,14 @@ class AdversarialAttributes(Method):
             if getattr(p, key) > 0 and p.identity_pairs <= 0:
                 raise ValueError(f"{key} needs identity_pairs > 0: a batch alone rarely holds two faces of one identity")
         self.attributes = [a.name for a in setup.attributes]
+        if p.kl_parts:
+            unknown = [n for n in p.kl_parts if n not in self.attributes + ["rest"]]
+            if unknown:
+                raise ValueError(f"method.kl_parts names {unknown[0]!r}, which is not a part; parts: "
+                                 f"{', '.join(self.attributes + ['rest'])}")
+            if p.kl <= 0 or any(w <= 0 for w in p.kl_parts.values()):
+                raise ValueError("method.kl_parts needs kl > 0 and a weight > 0 for each part it names "
+                                 "(a stochastic code with no KL charged is not a bottleneck)")
         self.n_classes = {a.name: a.num_classes for a in setup.attributes}
         needs_identity = [k for k in ("confuse_linked", "identity_pairs", "identity_compact", "pair_swap")
                           if getattr(p, k)]
@@ -372,7 +382,9 @@ class AdversarialAttributes(Method):
         return Latent((n, self.encoders[n](x)[:, :self.params.code_channels]) for n in self.part_names)
 
     def encode_stochastic(self, x: torch.Tensor) -> tuple[Latent, Latent, torch.Tensor | None]:
-        """(means, samples, KL) for training; without the bottleneck samples are the means."""
+        """(means, samples, KL) for training; without the bottleneck samples are the means. The KL
+        sums the parts', a part named in ``kl_parts`` scaled by its weight over ``kl``; times ``kl``
+        it is the charged term."""
         if self.params.kl <= 0:
             z = self.encode(x)
             return z, z, None
@@ -382,7 +394,10 @@ class AdversarialAttributes(Method):
             h = self.encoders[n](x)
             m, logvar = h[:, :c], h[:, c:].clamp(-12.0, 6.0)
             mu[n], sample[n] = m, m + torch.randn_like(m) * (0.5 * logvar).exp()
-            kl = kl + gaussian_kl(m, logvar)
+            part_kl = gaussian_kl(m, logvar)
+            if n in self.params.kl_parts:  # relative to kl, which the caller charges (unnamed parts: as before)
+                part_kl = part_kl * (self.params.kl_parts[n] / self.params.kl)
+            kl = kl + part_kl
         return Latent(mu), Latent(sample), kl
 
     def decode(self, z: Latent) -> torch.Tensor:
