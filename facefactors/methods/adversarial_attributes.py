@@ -28,7 +28,8 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   decoder sees a sample during training and KL(q || N(0, I)) (nats, summed over the code)
   is charged. Information kept in two parts is paid for twice, so redundancy, the source of
   leakage, is squeezed out; ``encode`` returns the mean. ``kl_parts`` gives named parts their own
-  weight (a lighter one for ``rest``, which carries most of the pixels);
+  weight (unnamed parts keep ``kl``); a lighter one on the identity part or on ``rest`` alone did
+  not raise PSNR in 30-minute runs (BENCHMARKS.md);
 - ``warmup``/``ramp`` delay and ramp in the confusion, hybrid and critic terms;
 - ``adversary_steps`` updates of the adversaries per step (they must keep up with the
   encoders to be a real constraint) at their own ``adversary_lr``;
@@ -91,7 +92,8 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   Its dependence on each label the part must not carry is charged. On the whole part the kernel
   sees the class structure (94% of the identity part's variance) and reads the lighting kept
   around the class centres as nothing (about 0.001); on the residual it reads about 0.02,
-  clearly above its null from a few hundred codes.
+  clearly above its null from a few hundred codes. In a 30-minute run the encoder satisfied the
+  term but a fresh MLP probe read the lighting as before (BENCHMARKS.md).
 """
 from __future__ import annotations
 
@@ -114,8 +116,8 @@ from facefactors.nn.critics import PatchCritic, gradient_penalty
 from facefactors.nn.decoders import MapDecoder
 from facefactors.nn.memory import CodeRing
 from facefactors.nn.encoders import MapEncoder
-from facefactors.nn.losses import (code_cycle_error, code_kernel, label_dependence, label_kernel_dependence,
-                                   within_class_share)
+from facefactors.nn.losses import (class_means, code_cycle_error, code_kernel, label_dependence,
+                                   label_kernel_dependence, within_class_share)
 from facefactors.nn.whitening import RunningWhitening
 
 
@@ -476,8 +478,7 @@ class AdversarialAttributes(Method):
             if update:
                 with torch.no_grad():
                     present = torch.unique(y)
-                    onehot = F.one_hot(y, self.n_classes[q]).float()
-                    means = (onehot.T @ x.detach()) / onehot.sum(0).clamp_min(1.0)[:, None]
+                    means, _ = class_means(x.detach(), y, self.n_classes[q])
                     rate = torch.where(seen[present], self.params.within_momentum, 1.0)[:, None]
                     centre[present] += rate * (means[present] - centre[present])
                     seen[present] = True
@@ -494,9 +495,9 @@ class AdversarialAttributes(Method):
             self.within_ring.remember({q: r.detach() for q, r in batch.items()}, labels)
         if len(next(iter(res.values()))) < 5:
             return next(iter(res.values())).sum() * 0.0
-        std = {q: r.detach().std(0).clamp_min(1e-6) for q, r in res.items()}
-        kernels = {q: code_kernel(r / std[q]) for q, r in res.items()}
-        terms = [label_kernel_dependence(res[q] / std[q], seen_labels[a], self.confusion_classes[a], unbiased=True,
+        res = {q: r / r.detach().std(0).clamp_min(1e-6) for q, r in res.items()}  # standardised per dim
+        kernels = {q: code_kernel(r) for q, r in res.items()}
+        terms = [label_kernel_dependence(res[q], seen_labels[a], self.confusion_classes[a], unbiased=True,
                                          kernel=kernels[q]).clamp_min(0) for q, a in self.within_pairs]
         return scale * self.params.kernel_within * sum(terms) / len(terms)
 

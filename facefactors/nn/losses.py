@@ -5,6 +5,14 @@ import torch
 import torch.nn.functional as F
 
 
+def class_means(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The mean of ``x``'s rows (N, D) in each class of ``y`` (K, D; an absent class has mean 0) and
+    the class sizes (K,)."""
+    onehot = F.one_hot(y.long(), num_classes).to(x.dtype)
+    n_k = onehot.sum(0)
+    return (onehot.T @ x) / n_k.clamp_min(1.0)[:, None], n_k
+
+
 def _classes_of_two_or_more(x: torch.Tensor, y: torch.Tensor, num_classes: int):
     """The rows of ``x`` whose class in ``y`` has at least two members in the batch (a singleton
     shows no spread), with their labels, one-hot labels (N, K), class sizes (K,) and class means
@@ -13,9 +21,8 @@ def _classes_of_two_or_more(x: torch.Tensor, y: torch.Tensor, num_classes: int):
     counts = torch.bincount(y, minlength=num_classes)
     keep = counts[y] >= 2
     x, y = x[keep], y[keep]
-    onehot = F.one_hot(y, num_classes).float()
-    n_k = onehot.sum(0)
-    return x, y, onehot, n_k, (onehot.T @ x) / n_k.clamp_min(1.0)[:, None]
+    means, n_k = class_means(x, y, num_classes)
+    return x, y, F.one_hot(y, num_classes).float(), n_k, means
 
 
 def label_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0, eps: float = 1e-5,
