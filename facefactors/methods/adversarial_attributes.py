@@ -29,7 +29,8 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   is charged. Information kept in two parts is paid for twice, so redundancy, the source of
   leakage, is squeezed out; ``encode`` returns the mean. ``kl_parts`` gives named parts their own
   weight (unnamed parts keep ``kl``); a lighter one on the identity part or on ``rest`` alone did
-  not raise PSNR in 30-minute runs (BENCHMARKS.md);
+  not raise PSNR in 30-minute runs, and a heavier one there moved ``rest``'s content into the
+  cheaper parts rather than removing it (BENCHMARKS.md);
 - ``warmup``/``ramp`` delay and ramp in the confusion, hybrid and critic terms;
 - ``adversary_steps`` updates of the adversaries per step (they must keep up with the
   encoders to be a real constraint) at their own ``adversary_lr``;
@@ -63,7 +64,8 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   no two faces of one identity, so no term sees what the other parts keep of it.
   ``identity_compact`` charges the share of the identity part's variance that lies within
   identities (``nn.losses.within_class_share``; 0: the part is a function of identity), which
-  also takes out what a probe reads only within an identity (its lighting, say).
+  also takes out what a probe reads only within an identity (its lighting, say); at weights 30
+  and 100 it did, but identity detail left the part with it (BENCHMARKS.md).
   ``pair_swap`` > 0 decodes each of those images with its partner's identity part in place of its
   own and charges the reconstruction loss against the image itself (weight as ``rec``). Two faces
   of one identity share every identity factor, so this swap has a known answer on any dataset with
