@@ -111,6 +111,9 @@ def main() -> int:
     ap.add_argument("--out", required=True)
     ap.add_argument("--reevaluate", action="store_true",
                     help="do not train: evaluate the run trained in --out by this same command again")
+    ap.add_argument("--weights", choices=("auto", "live", "ema"), default="auto",
+                    help="which weights to evaluate where the run kept an average (train.ema): auto = the "
+                         "average; a choice other than auto names the result file NAME_WEIGHTS.json")
     args = ap.parse_intermixed_args()
     t0 = time.perf_counter()
     cfg = load_config(args.config, args.overrides)
@@ -120,7 +123,7 @@ def main() -> int:
                      "pass the command that trained the run")
     else:
         Trainer(cfg, args.out).fit()
-    run = load_run(args.out)
+    run = load_run(args.out, weights=args.weights)
     metrics = evaluate(run.model, run.dataset, run.run_dir, build_dataclass(EvalConfig, cfg.eval, "eval"))
     result = {
         "command": "python " + " ".join(sys.argv),
@@ -131,10 +134,11 @@ def main() -> int:
         "train": json.loads((Path(args.out) / "train_summary.json").read_text()),
         "wall_minutes": round((time.perf_counter() - t0) / 60, 1),
         "reevaluated": args.reevaluate,  # wall_minutes is then the evaluation's alone
+        "weights": args.weights,
         "headline": headline(metrics),
         "metrics": metrics,
     }
-    name = Path(args.out).name
+    name = Path(args.out).name + ("" if args.weights == "auto" else f"_{args.weights}")
     write_json(Path(__file__).parent / "results" / f"{name}.json", result)
     print(markdown(result))
     return 0

@@ -49,6 +49,12 @@ class TrainConfig:
     lr_decay_start: float = 0.0
     num_threads: int | None = None
     progress: bool = True
+    # label-preserving augmentation of training images (facefactors/data/augment.py): rotate,
+    # shear, scale, translate, thickness; empty = off
+    augment: dict[str, Any] = field(default_factory=dict)
+    # exponential moving average of the weights (facefactors/train/ema.py), kept beside the live
+    # ones and used for evaluation; its decay per step, e.g. 0.998; 0 = off. Training is unchanged.
+    ema: float = 0.0
 
 
 @dataclass

@@ -63,12 +63,14 @@ def run_config_path(run_dir: str | Path) -> Path:
     return path
 
 
-def load_run(run_dir: str | Path, device: str = "cpu", dataset: ImageDataset | None = None) -> LoadedRun:
-    """Reopen a run: its config, its dataset (regenerated or loaded), and the latest weights (eval mode)."""
+def load_run(run_dir: str | Path, device: str = "cpu", dataset: ImageDataset | None = None,
+             weights: str = "auto") -> LoadedRun:
+    """Reopen a run: its config, its dataset (regenerated or loaded), and the latest weights (eval
+    mode): the averaged ones where the run kept them (``train.ema``), unless ``weights="live"``."""
     run_dir = Path(run_dir)
     cfg = load_config(run_config_path(run_dir))
     ds = dataset if dataset is not None else make_dataset(cfg.data)
     model = build_model(cfg, ds)
-    step, _, _ = load_checkpoint(latest_checkpoint(run_dir), model, None, cfg.model.method)
+    step, _, _ = load_checkpoint(latest_checkpoint(run_dir), model, None, cfg.model.method, weights=weights)
     model.to(torch.device(device)).eval()
     return LoadedRun(run_dir, cfg, ds, model, step)

@@ -132,3 +132,46 @@ def test_sampler_is_a_pure_function_of_step():
     first_epoch = sorted(list(seq[0]) + list(seq[1]) + list(seq[2][:2]))
     assert first_epoch == sorted(idx.tolist())  # every image once per epoch
     assert (s1.local_batch(3, 0, 2) == seq[3][0::2]).all()
+
+
+def test_weight_average_rate_and_update():
+    from facefactors.train.ema import WeightAverage
+
+    m = torch.nn.BatchNorm1d(3)
+    avg = WeightAverage(m, 0.9)
+    assert avg.rate(0) == pytest.approx(0.1) and avg.rate(1000) == pytest.approx(0.9)
+    with torch.no_grad():
+        m.weight.fill_(2.0)
+        m.num_batches_tracked.fill_(7)
+    avg.update(m, 1000)   # 0.9 * 1 + 0.1 * 2
+    assert torch.allclose(avg.shadow["weight"], torch.full((3,), 1.1))
+    assert int(avg.shadow["num_batches_tracked"]) == 7, "integer buffers are copied, not averaged"
+    with pytest.raises(FacefactorsError, match="train.ema=1.5"):
+        WeightAverage(m, 1.5)
+
+
+def test_ema_leaves_training_unchanged_resumes_and_is_what_runs_load(tmp_path):
+    from facefactors.runs import load_run
+
+    ds = blobs_dataset()
+    Trainer(tiny_config(), tmp_path / "plain", dataset=ds, log=quiet).fit()
+    Trainer(tiny_config(ema=0.5), tmp_path / "ema", dataset=ds, log=quiet).fit()
+    wp, we = weights(tmp_path / "plain"), weights(tmp_path / "ema")
+    assert all(torch.equal(wp[k], we[k]) for k in wp), "the average must not change training"
+    tensors, _ = read_checkpoint(list_checkpoints(tmp_path / "ema")[-1])
+    avg = {k[4:]: v for k, v in tensors.items() if k.startswith("ema/")}
+    assert avg.keys() == {k[6:] for k in we}
+    assert any(not torch.equal(avg[k], we["model/" + k]) for k in avg if avg[k].is_floating_point())
+    # stopped after step 3 and resumed: the same live weights and the same average
+    Trainer(tiny_config(steps=3, ema=0.5), tmp_path / "stopped", dataset=ds, log=quiet).fit()
+    Trainer(tiny_config(ema=0.5), tmp_path / "stopped", resume=True, dataset=ds, log=quiet).fit()
+    t2, _ = read_checkpoint(list_checkpoints(tmp_path / "stopped")[-1])
+    assert all(torch.equal(tensors[k], t2[k]) for k in tensors if k.startswith(("ema/", "model/")))
+    # evaluation loads the average; "live" the trained weights; "ema" on a run without one is an error
+    run = load_run(tmp_path / "ema", dataset=ds)
+    sd = run.model.state_dict()
+    assert all(torch.equal(sd[k].contiguous(), avg[k]) for k in sd)
+    live = load_run(tmp_path / "ema", dataset=ds, weights="live").model.state_dict()
+    assert all(torch.equal(live[k].contiguous(), we["model/" + k]) for k in live)
+    with pytest.raises(FacefactorsError, match="no averaged weights"):
+        load_run(tmp_path / "plain", dataset=ds, weights="ema")

@@ -342,7 +342,7 @@ class AdversarialAttributes(Method):
         n = min(self.params.identity_pairs, len(batch.image))
         idx, _ = self._partners.same(batch.index[:n].cpu().numpy(), step)
         rows = torch.from_numpy(idx)
-        return (fetch_like(self._images, idx, batch.image),
+        return (self.augment_images(fetch_like(self._images, idx, batch.image)),
                 {a: v[rows].to(batch.image.device) for a, v in self._labels.items()})
 
     def _carry_shown(self, labels, names: list[str]) -> torch.Tensor:

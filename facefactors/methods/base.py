@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Iterator
+from typing import Any, Callable, ClassVar, Iterator
 
 import torch
 from torch import nn
@@ -84,6 +84,7 @@ class Method(nn.Module):
         super().__init__()
         self.setup = setup
         self.params = params
+        self.train_augment: Callable[[torch.Tensor], torch.Tensor] | None = None  # set by the trainer
 
     # --- the model -----------------------------------------------------------
     @property
@@ -108,6 +109,14 @@ class Method(nn.Module):
     def bind_dataset(self, ds, seed: int = 0) -> None:
         """Called by the trainer once with the training dataset, for methods that draw more
         than the batch (e.g. partner images of the same class). Default: nothing."""
+
+    def augment_images(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` through the run's training augmentation (``train.augment``) while training, else
+        unchanged. The trainer applies it to each batch; a method that draws more images (partners)
+        passes them through it too, so every image a loss sees is augmented alike."""
+        if self.train_augment is None or not self.training:
+            return x
+        return self.train_augment(x)
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         """Optimiser groups by name, in the order ``train_step`` yields them."""

@@ -277,7 +277,7 @@ class CycleVAE(Method):
         return self._pairs is not None and mode != "batch"
 
     def _fetch(self, idx: np.ndarray, like: torch.Tensor) -> torch.Tensor:
-        return fetch_like(self._images, idx, like)
+        return self.augment_images(fetch_like(self._images, idx, like))
 
     def _kl(self, mu: torch.Tensor, logvar: torch.Tensor, pixels: int) -> torch.Tensor:
         lv = logvar.float()

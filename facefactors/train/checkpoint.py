@@ -67,9 +67,13 @@ def _restore_optimizer(name: str, opt: torch.optim.Optimizer, tensors: dict, met
 
 
 def save_checkpoint(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer],
-                    step: int, method: str, rng_states: list[torch.Tensor], extra: dict | None = None) -> None:
-    """Write model weights, optimiser state and per-process RNG states to ``path`` atomically."""
+                    step: int, method: str, rng_states: list[torch.Tensor], extra: dict | None = None,
+                    ema: dict[str, torch.Tensor] | None = None) -> None:
+    """Write model weights, optimiser state and per-process RNG states to ``path`` atomically;
+    ``ema``: the averaged weights (``train.ema``), stored beside the live ones."""
     tensors = {f"model/{k}": v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    for k, v in (ema or {}).items():
+        tensors[f"ema/{k}"] = v.detach().cpu().contiguous()
     optim_meta: dict[str, Any] = {}
     for name, opt in optimizers.items():
         _optimizer_tensors(name, opt, tensors, optim_meta)
@@ -97,14 +101,29 @@ def read_checkpoint(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, str]
     return tensors, meta
 
 
+WEIGHTS = ("auto", "live", "ema")
+
+
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer] | None,
-                    method: str) -> tuple[int, dict[str, torch.Tensor], dict]:
-    """Restore weights (and optimisers); returns (step, rng states by rank, extra)."""
+                    method: str, weights: str = "live", ema=None) -> tuple[int, dict[str, torch.Tensor], dict]:
+    """Restore weights (and optimisers); returns (step, rng states by rank, extra).
+
+    ``weights``: which set goes into ``model``: ``live`` (the trained weights, what resume
+    needs), ``ema`` (the averaged ones, an error where the run kept none) or ``auto`` (the
+    averaged ones where present: what evaluation uses). ``ema``: a ``WeightAverage`` to restore
+    (started at the loaded live weights where the checkpoint has no average)."""
+    if weights not in WEIGHTS:
+        raise FacefactorsError(f"unknown weights {weights!r}; use {', '.join(WEIGHTS)}")
     tensors, meta = read_checkpoint(path)
     if meta.get("method") != method:
         raise FacefactorsError(f"checkpoint {path} was trained with method {meta.get('method')!r}, "
                                f"but the config says {method!r}")
-    weights = {k[len("model/"):]: v for k, v in tensors.items() if k.startswith("model/")}
+    averaged = {k[len("ema/"):]: v for k, v in tensors.items() if k.startswith("ema/")}
+    if weights == "ema" and not averaged:
+        raise FacefactorsError(f"checkpoint {path} holds no averaged weights (the run had train.ema off)")
+    use_ema = bool(averaged) and weights in ("ema", "auto")
+    prefix = "ema/" if use_ema else "model/"
+    weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
@@ -115,6 +134,10 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizers: dict[str, to
         raise FacefactorsError(f"checkpoint {path} does not fit this model ({detail}); "
                                "was it trained with another config (image size, widths, parts)?")
     model.load_state_dict(weights)
+    if ema is not None:
+        ema.reset(model)
+        if averaged:
+            ema.load(averaged)
     if optimizers is not None:
         optim_meta = json.loads(meta["optimizers"])
         for name, opt in optimizers.items():

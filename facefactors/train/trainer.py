@@ -7,6 +7,7 @@ resume, and a guard that stops on a non-finite loss naming it.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import sys
@@ -20,11 +21,13 @@ from tqdm import tqdm
 
 from facefactors.config import RunConfig, dump_config
 from facefactors.data import make_dataset
+from facefactors.data.augment import Augment, AugmentConfig
 from facefactors.data.specs import ImageDataset
 from facefactors.errors import FacefactorsError
 from facefactors.io import write_json, write_text
 from facefactors.runs import build_model, resolve_device
 from facefactors.train import distributed as ddp
+from facefactors.train.ema import WeightAverage
 from facefactors.train.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint,
                                           save_checkpoint)
 from facefactors.train.sampler import EpochSampler
@@ -106,6 +109,7 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         lr_multiplier(0, cfg.train.steps, cfg.train.lr_schedule)  # reject an unknown schedule before any work
+        augment = AugmentConfig.from_dict(cfg.train.augment)
         if cfg.train.batch_size % self.info.world_size:
             raise FacefactorsError(f"train.batch_size={cfg.train.batch_size} does not split evenly over "
                                    f"{self.info.world_size} processes")
@@ -113,6 +117,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.ds).to(self.device)
         self.model.bind_dataset(self.ds, cfg.seed)
+        self.augment = augment.active
+        if self.augment:
+            self.model.train_augment = Augment(augment)
         self._prepare_run_dir()  # only once data and model are known to be good
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -122,12 +129,14 @@ class Trainer:
         self.optimizers = {name: spec.build() for name, spec in specs.items()}
         self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.optimizers.items()}
         self.sampler = EpochSampler(self.ds.split("train"), cfg.train.batch_size, cfg.seed)
+        self.ema = WeightAverage(self.model, cfg.train.ema) if cfg.train.ema else None
         self.start_step = 0
         # Training randomness (noise, shuffles) differs per process but is seeded.
         torch.manual_seed(cfg.seed * 7919 + 1 + self.info.rank)
         if self.resume:
             path = latest_checkpoint(self.run_dir)
-            self.start_step, rng, _ = load_checkpoint(path, self.model, self.optimizers, cfg.model.method)
+            self.start_step, rng, _ = load_checkpoint(path, self.model, self.optimizers, cfg.model.method,
+                                                      ema=self.ema)
             key = f"rng/{self.info.rank}"
             if key in rng:
                 torch.set_rng_state(rng[key])
@@ -140,7 +149,8 @@ class Trainer:
         rng = ddp.gather_rng_states(self.info)
         path = checkpoint_path(self.run_dir, step)
         if self.info.is_main:
-            save_checkpoint(path, self.model, self.optimizers, step, self.cfg.model.method, rng)
+            save_checkpoint(path, self.model, self.optimizers, step, self.cfg.model.method, rng,
+                            ema=self.ema.tensors() if self.ema is not None else None)
             for old in list_checkpoints(self.run_dir)[:-max(1, self.cfg.train.keep_checkpoints)]:
                 old.unlink()
         ddp.barrier(self.info)
@@ -219,6 +229,8 @@ class Trainer:
             t0 = time.perf_counter()
             idx = self.sampler.local_batch(step, self.info.rank, self.info.world_size)
             batch = self.ds.batch(idx).to(device, channels_last=tc.channels_last)
+            if self.augment:
+                batch = dataclasses.replace(batch, image=model.augment_images(batch.image))
             self._set_lr(step, total_steps)
             gen = model.train_step(batch, step, total_steps)
             while True:
@@ -240,6 +252,8 @@ class Trainer:
                 for k, v in losses.items():
                     key = f"{group}/{k}"
                     sums[key] = sums.get(key, 0.0) + v.detach().float()
+            if self.ema is not None:
+                self.ema.update(model, step)
             step += 1
             n_sum += 1
             dt = time.perf_counter() - t0
