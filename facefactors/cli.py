@@ -93,7 +93,7 @@ def cmd_evaluate(args) -> int:
     from facefactors.eval.evaluate import EvalConfig, evaluate
     from facefactors.runs import load_run
 
-    run = load_run(args.run, device=args.device)
+    run = load_run(args.run, device=args.device, weights=args.weights)
     eval_cfg = build_dataclass(EvalConfig, apply_overrides(dict(run.config.eval), args.overrides), "eval")
     metrics = evaluate(run.model, run.dataset, run.run_dir, eval_cfg, device=args.device, log=_quiet)
     print_headline(metrics)
@@ -382,6 +382,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("run")
     s.add_argument("overrides", nargs="*", metavar="key=value", help="evaluation settings (see EvalConfig)")
     s.add_argument("--device", default="cpu")
+    s.add_argument("--weights", choices=("auto", "live", "ema"), default="auto",
+                   help="auto: the averaged weights where the run kept them (train.ema), else the live ones")
     s.set_defaults(func=cmd_evaluate)
 
     s = sub.add_parser("compare", help="compare evaluated runs side by side in one HTML page", formatter_class=fmt,

@@ -98,6 +98,13 @@ def test_not_a_run_directory(capsys, tmp_path):
     assert_clean_error(code, err, "not a run directory")
 
 
+def test_evaluate_ema_weights_of_a_run_without_them(capsys, trained_run, monkeypatch):
+    run, ds = trained_run
+    monkeypatch.setattr("facefactors.runs.make_dataset", lambda spec: ds)
+    code, _, err = run_cli(capsys, "evaluate", str(run), "--weights", "ema")
+    assert_clean_error(code, err, "no averaged weights", "train.ema")
+
+
 def test_swap_bad_images(capsys, trained_run, tmp_path, monkeypatch):
     from PIL import Image
 
