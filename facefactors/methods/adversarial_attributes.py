@@ -29,8 +29,9 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   is charged. Information kept in two parts is paid for twice, so redundancy, the source of
   leakage, is squeezed out; ``encode`` returns the mean. ``kl_parts`` gives named parts their own
   weight (unnamed parts keep ``kl``); a lighter one on the identity part or on ``rest`` alone did
-  not raise PSNR in 30-minute runs, and a heavier one there moved ``rest``'s content into the
-  cheaper parts rather than removing it (BENCHMARKS.md);
+  not raise PSNR in 30-minute runs, a lighter one on expression and illumination did (+0.26 dB)
+  but took in ``rest``'s glasses and pose, and a heavier one on identity and ``rest`` moved
+  ``rest``'s content into the cheaper parts rather than removing it (BENCHMARKS.md);
 - ``warmup``/``ramp`` delay and ramp in the confusion, hybrid and critic terms;
 - ``adversary_steps`` updates of the adversaries per step (they must keep up with the
   encoders to be a real constraint) at their own ``adversary_lr``;
