@@ -16,6 +16,7 @@ from typing import Any
 
 import yaml
 
+from facefactors.data.augment import AugmentConfig
 from facefactors.errors import FacefactorsError
 
 
@@ -50,8 +51,8 @@ class TrainConfig:
     num_threads: int | None = None
     progress: bool = True
     # label-preserving augmentation of training images (facefactors/data/augment.py): rotate,
-    # shear, scale, translate, thickness; empty = off
-    augment: dict[str, Any] = field(default_factory=dict)
+    # shear, scale, translate, thickness, padding; all 0 = off
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
     # exponential moving average of the weights (facefactors/train/ema.py), kept beside the live
     # ones and used for evaluation; its decay per step, e.g. 0.998; 0 = off. Training is unchanged.
     ema: float = 0.0

@@ -19,19 +19,23 @@ def bar_image(size=16, col=8) -> torch.Tensor:
     return x
 
 
+def augment_config(**values) -> AugmentConfig:
+    return build_dataclass(AugmentConfig, values, "train.augment")
+
+
 def test_config_checks_name_the_key():
-    assert not AugmentConfig.from_dict({}).active
-    assert AugmentConfig.from_dict({"shear": 0.2}).active
-    with pytest.raises(FacefactorsError, match="unknown key.*rotation.*valid"):
-        AugmentConfig.from_dict({"rotation": 10})
+    assert not augment_config().active
+    assert augment_config(shear=0.2).active
+    with pytest.raises(FacefactorsError, match="unknown config key.*rotation.*valid"):
+        augment_config(rotation=10)
     with pytest.raises(FacefactorsError, match="shear=-0.1"):
-        AugmentConfig.from_dict({"shear": -0.1})
+        augment_config(shear=-0.1)
     with pytest.raises(FacefactorsError, match="scale=1.0"):
-        AugmentConfig.from_dict({"scale": 1})
+        augment_config(scale=1)
     with pytest.raises(FacefactorsError, match="padding='grey'"):
-        AugmentConfig.from_dict({"padding": "grey"})
+        augment_config(padding="grey")
     with pytest.raises(FacefactorsError, match="must be a number"):
-        AugmentConfig.from_dict({"rotate": "lots"})
+        augment_config(rotate="lots")
 
 
 def test_inactive_augment_returns_the_images_unchanged():
@@ -121,8 +125,8 @@ def test_trainer_augments_batches_and_resumes_exactly(tmp_path):
     assert "thickness: 0.2" in (tmp_path / "straight" / "config.yaml").read_text()
 
 
-def test_trainer_rejects_a_bad_augment_key_before_creating_the_run(tmp_path):
-    with pytest.raises(FacefactorsError, match="unknown key.*flip"):
+def test_a_bad_augment_key_is_rejected_before_a_run_is_created(tmp_path):
+    with pytest.raises(FacefactorsError, match="unknown config key.*flip"):
         Trainer(tiny_config(augment={"flip": 1}), tmp_path / "r", dataset=blobs_dataset(), log=quiet).fit()
     assert not (tmp_path / "r").exists()
 

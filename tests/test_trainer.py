@@ -143,7 +143,7 @@ def test_weight_average_rate_and_update():
     with torch.no_grad():
         m.weight.fill_(2.0)
         m.num_batches_tracked.fill_(7)
-    avg.update(m, 1000)   # 0.9 * 1 + 0.1 * 2
+    avg.update(1000)   # 0.9 * 1 + 0.1 * 2
     assert torch.allclose(avg.shadow["weight"], torch.full((3,), 1.1))
     assert int(avg.shadow["num_batches_tracked"]) == 7, "integer buffers are copied, not averaged"
     with pytest.raises(FacefactorsError, match="train.ema=1.5"):

@@ -26,19 +26,22 @@ and resume exactly.
 """
 from __future__ import annotations
 
-import dataclasses
 import math
 from dataclasses import dataclass
-from typing import Any, Mapping
-
 import torch
 import torch.nn.functional as F
 
 from facefactors.errors import FacefactorsError
 
 
+PADDINGS = ("border", "reflection", "black", "white")
+NUMERIC = ("rotate", "shear", "scale", "translate", "thickness")
+
+
 @dataclass(frozen=True)
 class AugmentConfig:
+    """``train.augment``; keys and types are checked by the config loader, ranges here."""
+
     rotate: float = 0.0
     shear: float = 0.0
     scale: float = 0.0
@@ -46,38 +49,21 @@ class AugmentConfig:
     thickness: float = 0.0
     padding: str = "border"
 
-    @classmethod
-    def from_dict(cls, d: Mapping[str, Any] | None) -> "AugmentConfig":
-        d = dict(d or {})
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
-        if unknown:
-            raise FacefactorsError(f"train.augment: unknown key(s) {', '.join(unknown)}; "
-                                   f"valid: {', '.join(sorted(known))}")
-        padding = str(d.pop("padding", "border"))
-        if padding not in PADDINGS:
-            raise FacefactorsError(f"train.augment.padding={padding!r}; use {', '.join(PADDINGS)}")
-        try:
-            cfg = cls(padding=padding, **{k: float(v) for k, v in d.items()})
-        except (TypeError, ValueError):
-            raise FacefactorsError(f"train.augment: every value but padding must be a number, got {d}") from None
+    def __post_init__(self) -> None:
         for name in NUMERIC:
-            if getattr(cfg, name) < 0:
-                raise FacefactorsError(f"train.augment.{name}={getattr(cfg, name)} must be >= 0")
-        if cfg.scale >= 1:
-            raise FacefactorsError(f"train.augment.scale={cfg.scale} must be < 1")
-        if cfg.thickness > 0.5:
-            raise FacefactorsError(f"train.augment.thickness={cfg.thickness} must be <= 0.5 "
+            if getattr(self, name) < 0:
+                raise FacefactorsError(f"train.augment.{name}={getattr(self, name)} must be >= 0")
+        if self.scale >= 1:
+            raise FacefactorsError(f"train.augment.scale={self.scale} must be < 1")
+        if self.thickness > 0.5:
+            raise FacefactorsError(f"train.augment.thickness={self.thickness} must be <= 0.5 "
                                    "(it is the chance of each of dilation and erosion)")
-        return cfg
+        if self.padding not in PADDINGS:
+            raise FacefactorsError(f"train.augment.padding={self.padding!r}; use {', '.join(PADDINGS)}")
 
     @property
     def active(self) -> bool:
         return any(getattr(self, name) > 0 for name in NUMERIC)
-
-
-PADDINGS = ("border", "reflection", "black", "white")
-NUMERIC = ("rotate", "shear", "scale", "translate", "thickness")
 
 
 class Augment:

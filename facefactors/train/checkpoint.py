@@ -121,19 +121,18 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizers: dict[str, to
     averaged = {k[len("ema/"):]: v for k, v in tensors.items() if k.startswith("ema/")}
     if weights == "ema" and not averaged:
         raise FacefactorsError(f"checkpoint {path} holds no averaged weights (the run had train.ema off)")
-    use_ema = bool(averaged) and weights in ("ema", "auto")
-    prefix = "ema/" if use_ema else "model/"
-    weights = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+    prefix = "ema/" if averaged and weights in ("ema", "auto") else "model/"
+    chosen = {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
     expected = model.state_dict()
-    missing = sorted(set(expected) - set(weights))
-    unexpected = sorted(set(weights) - set(expected))
-    bad_shape = [k for k in expected if k in weights and weights[k].shape != expected[k].shape]
+    missing = sorted(set(expected) - set(chosen))
+    unexpected = sorted(set(chosen) - set(expected))
+    bad_shape = [k for k in expected if k in chosen and chosen[k].shape != expected[k].shape]
     if missing or unexpected or bad_shape:
         detail = (f"missing {missing[:3]}" if missing else f"unexpected {unexpected[:3]}" if unexpected
                   else f"shape mismatch for {bad_shape[:3]}")
         raise FacefactorsError(f"checkpoint {path} does not fit this model ({detail}); "
                                "was it trained with another config (image size, widths, parts)?")
-    model.load_state_dict(weights)
+    model.load_state_dict(chosen)
     if ema is not None:
         ema.reset(model)
         if averaged:

@@ -33,26 +33,25 @@ class WeightAverage:
         self.reset(model)
 
     def reset(self, model: nn.Module) -> None:
-        """Start the average at ``model``'s current weights."""
-        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        """Start the average at ``model``'s current weights. The state dict's tensors share the
+        parameters' and buffers' storage (updated in place), so they are gathered once here."""
+        live = model.state_dict()
+        self.shadow = {k: v.detach().clone() for k, v in live.items()}
+        pairs = [(self.shadow[k], live[k].detach()) for k in self.shadow]
+        self._floats = ([e for e, _ in pairs if e.is_floating_point()], [v for e, v in pairs if e.is_floating_point()])
+        self._others = [(e, v) for e, v in pairs if not e.is_floating_point()]
 
     def rate(self, t: int) -> float:
         """The share of the old average kept at update ``t`` (0-based)."""
         return min(self.decay, (1.0 + t) / (10.0 + t))
 
     @torch.no_grad()
-    def update(self, model: nn.Module, t: int) -> None:
-        live = model.state_dict()
-        avg, cur = [], []
-        for k, e in self.shadow.items():
-            v = live[k].detach()
-            if e.is_floating_point():
-                avg.append(e)
-                cur.append(v)
-            else:
-                e.copy_(v)
-        if avg:
-            torch._foreach_lerp_(avg, cur, 1.0 - self.rate(t))
+    def update(self, t: int) -> None:
+        """Fold the model's current weights in (update ``t``, 0-based)."""
+        for e, v in self._others:
+            e.copy_(v)
+        if self._floats[0]:
+            torch._foreach_lerp_(*self._floats, 1.0 - self.rate(t))
 
     def tensors(self) -> dict[str, torch.Tensor]:
         """For a checkpoint."""

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from facefactors.config import RunConfig, dump_config
 from facefactors.data import make_dataset
-from facefactors.data.augment import Augment, AugmentConfig
+from facefactors.data.augment import Augment
 from facefactors.data.specs import ImageDataset
 from facefactors.errors import FacefactorsError
 from facefactors.io import write_json, write_text
@@ -109,7 +109,6 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
         lr_multiplier(0, cfg.train.steps, cfg.train.lr_schedule)  # reject an unknown schedule before any work
-        augment = AugmentConfig.from_dict(cfg.train.augment)
         if cfg.train.batch_size % self.info.world_size:
             raise FacefactorsError(f"train.batch_size={cfg.train.batch_size} does not split evenly over "
                                    f"{self.info.world_size} processes")
@@ -117,9 +116,8 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.model = build_model(cfg, self.ds).to(self.device)
         self.model.bind_dataset(self.ds, cfg.seed)
-        self.augment = augment.active
-        if self.augment:
-            self.model.train_augment = Augment(augment)
+        if cfg.train.augment.active:
+            self.model.train_augment = Augment(cfg.train.augment)
         self._prepare_run_dir()  # only once data and model are known to be good
         if cfg.train.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -229,7 +227,7 @@ class Trainer:
             t0 = time.perf_counter()
             idx = self.sampler.local_batch(step, self.info.rank, self.info.world_size)
             batch = self.ds.batch(idx).to(device, channels_last=tc.channels_last)
-            if self.augment:
+            if model.train_augment is not None:
                 batch = dataclasses.replace(batch, image=model.augment_images(batch.image))
             self._set_lr(step, total_steps)
             gen = model.train_step(batch, step, total_steps)
@@ -253,7 +251,7 @@ class Trainer:
                     key = f"{group}/{k}"
                     sums[key] = sums.get(key, 0.0) + v.detach().float()
             if self.ema is not None:
-                self.ema.update(model, step)
+                self.ema.update(step)
             step += 1
             n_sum += 1
             dt = time.perf_counter() - t0
