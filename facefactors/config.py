@@ -18,6 +18,7 @@ import yaml
 
 from facefactors.data.augment import AugmentConfig
 from facefactors.errors import FacefactorsError
+from facefactors.train.polish import PolishConfig
 
 
 @dataclass
@@ -56,6 +57,9 @@ class TrainConfig:
     # exponential moving average of the weights (facefactors/train/ema.py), kept beside the live
     # ones and used for evaluation; its decay per step, e.g. 0.998; 0 = off. Training is unchanged.
     ema: float = 0.0
+    # a last phase that trains the decoder alone on the frozen encoder's deterministic codes
+    # (facefactors/train/polish.py): steps after ``steps``, lr, lr_final; steps 0 = off
+    polish: PolishConfig = field(default_factory=PolishConfig)
 
 
 @dataclass

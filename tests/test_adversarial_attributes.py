@@ -347,6 +347,19 @@ def test_dependence_configs(name, base_name, differs):
     assert cfg.train.time_budget_min == 30 and cfg.data["size"] == 64
 
 
+def test_polish_config_is_the_carry_config_with_a_shorter_main_phase():
+    from pathlib import Path
+
+    from facefactors.config import load_config
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    cfg = load_config(configs / "adversarial_attributes_synthfaces_polish.yaml")
+    carry = load_config(configs / "adversarial_attributes_synthfaces_carry.yaml")
+    assert (cfg.method, cfg.data, cfg.model) == (carry.method, carry.data, carry.model)
+    assert cfg.train.steps == 3500 and cfg.train.polish.steps == 1000 and not carry.train.polish.active
+    assert cfg.train.time_budget_min == 30
+
+
 def test_identity_pairs_draw_same_identity_partners_for_the_terms(tmp_path):
     import json
 
@@ -566,3 +579,30 @@ def test_kl_parts_weigh_each_parts_bottleneck():
             build_model(aa_config(kl=0.1, kl_parts=bad), ds)
     with pytest.raises(FacefactorsError, match="needs kl > 0"):
         build_model(aa_config(kl_parts={"rest": 0.1}), ds)
+
+
+def test_polish_keeps_the_decoder_terms_and_trains_only_the_decoder(tmp_path):
+    from facefactors.data import make_dataset
+
+    data = {"name": "synthfaces", "size": 32, "n": 96, "n_identities": 12, "seed": 1}
+    faces = make_dataset(data)
+    raw = {"seed": 0, "data": data,
+           "model": {"method": "adversarial_attributes", "attributes": ["identity", "expression"], "width": 8},
+           "method": {"code_channels": 4, "code_size": 4, "critic_width": 8, "res_blocks": 1, "kl": 0.1,
+                      "adversary_hidden": 16, "hybrid": 1.0, "hybrid_batch": 4, "identity_pairs": 4,
+                      "pair_swap": 10.0, "carry": {"expression": ["expression_intensity"]}},
+           "train": {"steps": 2, "batch_size": 8, "progress": False, "preview_every": 0, "log_every": 1,
+                     "polish": {"steps": 2, "lr": 1e-3}}}
+    Trainer(build_dataclass(RunConfig, raw), tmp_path / "r", dataset=faces, log=lambda m: None).fit()
+    import json
+    log = [json.loads(line) for line in (tmp_path / "r" / "log.jsonl").read_text().splitlines()]
+    assert {k for k in log[-1] if k.startswith("polish/")} == {"polish/rec", "polish/hybrid", "polish/carry_rec",
+                                                               "polish/pair_swap"}
+    steps = list_checkpoints(tmp_path / "r")
+    assert steps[-1].name == "step-00000004.safetensors"
+    raw["train"]["polish"] = {"steps": 0}
+    Trainer(build_dataclass(RunConfig, raw), tmp_path / "m", dataset=faces, log=lambda m: None).fit()
+    a, _ = read_checkpoint(steps[-1])
+    b, _ = read_checkpoint(list_checkpoints(tmp_path / "m")[-1])
+    changed = {k for k in b if k.startswith("model/") and not torch.equal(a[k], b[k])}
+    assert changed and all(k.startswith("model/decoder.") for k in changed), sorted(changed)[:3]

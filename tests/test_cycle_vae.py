@@ -107,6 +107,23 @@ def test_parts_encode_decode(ds, digits):
                                                           "attributes": ["identity", "expression"]}}), ds)
 
 
+@pytest.mark.parametrize("arch", ["dcgan", "official"])
+def test_split_encoder_gives_s_and_z_from_separate_networks(ds, digits, arch):
+    data, cfg = ((ds, cv_config(split_encoder=True)) if arch == "dcgan" else
+                 (digits, cv_config(attribute="digit", size=28, data="digits", split_encoder=True)))
+    model = build_model(cfg, data).eval()
+    x = data.batch(range(4)).image
+    z = model.encode(x)
+    attr = model.attr
+    assert z[attr].shape == (4, 6) and z["rest"].shape == (4, 5) and model.decode(z).shape == x.shape
+    mu, logvar, s = model.posterior(x)
+    (mu.sum() + logvar.sum()).backward()
+    assert has_grad(model.encoder.z_net) and not has_grad(model.encoder.s_net)
+    model.zero_grad(set_to_none=True)
+    model.posterior(x)[2].sum().backward()
+    assert has_grad(model.encoder.s_net) and not has_grad(model.encoder.z_net)
+
+
 @pytest.mark.parametrize("bind", [False, True])
 def test_trains_and_logs_every_loss(tmp_path, ds, bind):
     cfg = cv_config(steps=3, reverse_rec=0.5, adv=0.1, moments=1.0, kernel=1.0, kernel_unbiased=True,

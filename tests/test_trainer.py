@@ -175,3 +175,48 @@ def test_ema_leaves_training_unchanged_resumes_and_is_what_runs_load(tmp_path):
     assert all(torch.equal(live[k].contiguous(), we["model/" + k]) for k in live)
     with pytest.raises(FacefactorsError, match="no averaged weights"):
         load_run(tmp_path / "plain", dataset=ds, weights="ema")
+
+
+def test_polish_rate_and_config_checks():
+    from facefactors.config import build_dataclass
+    from facefactors.train.polish import PolishConfig
+
+    pc = PolishConfig(steps=5, lr=1e-3, lr_final=0.1)
+    assert pc.rate(0) == pytest.approx(1e-3) and pc.rate(4) == pytest.approx(1e-4)
+    assert pc.rate(1) > pc.rate(2) > pc.rate(3)
+    assert PolishConfig(steps=3, lr=2e-4, lr_final=1.0).rate(2) == pytest.approx(2e-4)
+    assert not PolishConfig().active
+    for bad, key in (({"steps": -1}, "steps"), ({"lr": 0}, "lr"), ({"lr_final": 2}, "lr_final")):
+        with pytest.raises(FacefactorsError, match=f"train.polish.{key}"):
+            tiny_config(polish={"steps": 2, **bad})
+    with pytest.raises(FacefactorsError, match="polish"):
+        tiny_config(polish={"step": 2})
+    assert build_dataclass(type(tiny_config()), {"train": {"polish": {"steps": 4}}}).train.polish.steps == 4
+
+
+def test_polish_trains_the_decoder_alone_and_resumes_exactly(tmp_path):
+    ds = blobs_dataset()
+    Trainer(tiny_config(), tmp_path / "main", dataset=ds, log=quiet).fit()
+    polish = {"steps": 4, "lr": 1e-3}
+    Trainer(tiny_config(polish=polish), tmp_path / "polished", dataset=ds, log=quiet).fit()
+    main, pol = weights(tmp_path / "main"), weights(tmp_path / "polished")
+    assert main.keys() == pol.keys()
+    changed = {k for k in main if not torch.equal(main[k], pol[k])}
+    assert changed and all(k.startswith("model/decoder.") for k in changed), sorted(changed)[:3]
+    # encoder norm statistics are frozen too (the encoder ran in eval mode)
+    assert any(k.startswith("model/encoder.") and "running_mean" in k for k in main)
+    log = [json.loads(line) for line in (tmp_path / "polished" / "log.jsonl").read_text().splitlines()]
+    assert log[-1]["step"] == 10 and "polish/rec" in log[-1] and "polish/rec" not in log[2]
+    summary = json.loads((tmp_path / "polished" / "train_summary.json").read_text())
+    assert summary["steps"] == 10 and summary["polish_steps"] == 4
+    # stopped inside the polish phase (step 9 > 6) and resumed: the same weights as uninterrupted
+    Trainer(tiny_config(polish=polish, checkpoint_every=9), tmp_path / "cut", dataset=ds, log=quiet).fit()
+    cut = tmp_path / "cut"
+    for late in list_checkpoints(cut)[1:]:
+        late.unlink()
+    assert [p.name for p in list_checkpoints(cut)] == ["step-00000009.safetensors"]
+    Trainer(tiny_config(polish=polish, checkpoint_every=9), cut, resume=True, dataset=ds, log=quiet).fit()
+    assert all(torch.equal(pol[k], weights(cut)[k]) for k in pol), "resume inside the polish phase diverged"
+    # a run trained without polishing continues into the phase from its last checkpoint
+    Trainer(tiny_config(polish=polish), tmp_path / "main", resume=True, dataset=ds, log=quiet).fit()
+    assert all(torch.equal(pol[k], weights(tmp_path / "main")[k]) for k in pol)

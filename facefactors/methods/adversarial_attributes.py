@@ -408,6 +408,36 @@ class AdversarialAttributes(Method):
     def decode(self, z: Latent) -> torch.Tensor:
         return self.decoder(torch.cat([z[n] for n in self.part_names], dim=1))
 
+    def polish_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        """The polish phase (``train.polish``): the main phase's decoder terms on the frozen
+        encoders' means, with their weights: reconstruction, the shuffled hybrids' labels read by
+        the frozen classifiers (``hybrid``), the carried labels of reconstructions (``carry_rec``)
+        and the same-identity swaps (``pair_swap``); not the critic. Reconstruction alone raised
+        PSNR but let transfers show the donor's expression intensity less (BENCHMARKS.md)."""
+        p = self.params
+        x, labels = batch.image, batch.labels
+        with torch.no_grad():
+            z = self.encode(x)
+        x_rec = self.decode(z)
+        out = {"rec": p.rec * reconstruction_loss(p.rec_loss, x_rec, x)}
+        if p.hybrid > 0:
+            z_mix, perms = shuffle_parts(z, self.attributes)
+            n = min(p.hybrid_batch or len(x), len(x))
+            z_mix, perms = z_mix.index(slice(0, n)), {a: perm[:n] for a, perm in perms.items()}
+            x_mix = self.decode(z_mix)
+            out["hybrid"] = p.hybrid * sum(self._class_loss(self.classifiers[a](x_mix), a, labels, perms[a])
+                                           for a in self.attributes) / len(self.attributes)
+        if self.carry:
+            out["carry_rec"] = p.carry_weight * sum(self.carry_loss(self.classifiers[a](x_rec), a, labels)
+                                                    for a in self.carry) / len(self.carry)
+        if p.pair_swap > 0 and self._partners is not None:
+            xp, _ = self.partners(batch, step)
+            with torch.no_grad():
+                zp = self.encode(xp)
+            swapped = z.index(slice(0, len(xp))).replace(identity=zp["identity"])
+            out["pair_swap"] = p.pair_swap * reconstruction_loss(p.rec_loss, self.decode(swapped), x[:len(xp)])
+        return out
+
     # ------------------------------------------------------------------ training
     def optimizers(self) -> dict[str, OptimizerSpec]:
         p = self.params

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, ClassVar, Iterator
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from facefactors.data.specs import AttributeSpec, Batch
@@ -117,6 +118,19 @@ class Method(nn.Module):
         if self.train_augment is None or not self.training:
             return x
         return self.train_augment(x)
+
+    def polish_modules(self) -> list[nn.Module]:
+        """What the polish phase (``train.polish``) trains: the decoder, where the method names one
+        ``decoder``. Everything else stays frozen, in eval mode."""
+        decoder = getattr(self, "decoder", None)
+        return [decoder] if isinstance(decoder, nn.Module) else []
+
+    def polish_step(self, batch: Batch, step: int) -> dict[str, torch.Tensor]:
+        """The polish phase's losses at (global) ``step``: the decoder reconstructs each image from its deterministic
+        codes (``encode``), which no gradient reaches; mean-squared error, what PSNR reads."""
+        with torch.no_grad():
+            z = self.encode(batch.image)
+        return {"rec": F.mse_loss(self.decode(z).float(), batch.image.float())}
 
     def optimizers(self) -> dict[str, OptimizerSpec]:
         """Optimiser groups by name, in the order ``train_step`` yields them."""

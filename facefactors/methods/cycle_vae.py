@@ -123,6 +123,7 @@ class CycleVAEParams(MethodParams):
     active_units: float = 0.0           # >0: encode returns z's inactive units (variance of means below it) at 0
     latent_cycle: float = 0.0           # not in the paper: Dec(z_i, s_j), j of another class, re-encoded gives z_i back
     latent_cycle_s: float = 0.0         # ... and gives s_j back
+    split_encoder: bool = False         # not in the paper: s and z from separate networks, no shared trunk
 
 
 class OfficialEncoder(nn.Module):
@@ -144,6 +145,18 @@ class OfficialEncoder(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.conv(x).flatten(1))
+
+
+class SplitEncoder(nn.Module):
+    """Two encoders of one architecture side by side: one gives z's mean and log-variance, the
+    other s. Its output is laid out as the shared-trunk encoder's (mu, logvar, s)."""
+
+    def __init__(self, z_net: nn.Module, s_net: nn.Module):
+        super().__init__()
+        self.z_net, self.s_net = z_net, s_net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.z_net(x), self.s_net(x)], dim=1)
 
 
 class OfficialDecoder(nn.Module):
@@ -208,15 +221,17 @@ class CycleVAE(Method):
         arch = p.arch if p.arch != "auto" else ("official" if setup.image_size == 28 else "dcgan")
         self.arch = arch
         if arch == "official":
-            self.encoder = OfficialEncoder(setup.image_size, setup.channels, self.z_dim, self.s_dim, setup.width,
-                                           setup.norm)
+            def make_encoder(z_dim: int, s_dim: int) -> nn.Module:
+                return OfficialEncoder(setup.image_size, setup.channels, z_dim, s_dim, setup.width, setup.norm)
             self.decoder = OfficialDecoder(setup.image_size, setup.channels, self.z_dim, self.s_dim, setup.width,
                                            setup.norm)
         else:
-            self.encoder = VectorEncoder(setup.image_size, setup.channels, 2 * self.z_dim + self.s_dim,
-                                         setup.width, setup.norm)
+            def make_encoder(z_dim: int, s_dim: int) -> nn.Module:
+                return VectorEncoder(setup.image_size, setup.channels, 2 * z_dim + s_dim, setup.width, setup.norm)
             self.decoder = VectorDecoder(setup.image_size, setup.channels, self.z_dim + self.s_dim, setup.width,
                                          setup.norm)
+        self.encoder = (SplitEncoder(make_encoder(self.z_dim, 0), make_encoder(0, self.s_dim)) if p.split_encoder
+                        else make_encoder(self.z_dim, self.s_dim))
         self.discriminator = (ConvDiscriminator(setup.image_size, 2 * setup.channels, p.dis_width or setup.width)
                               if p.adv > 0 else None)
         self.z_active = ActiveUnits(self.z_dim, p.active_units) if p.active_units > 0 else None

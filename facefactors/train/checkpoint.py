@@ -105,13 +105,15 @@ WEIGHTS = ("auto", "live", "ema")
 
 
 def load_checkpoint(path: Path, model: torch.nn.Module, optimizers: dict[str, torch.optim.Optimizer] | None,
-                    method: str, weights: str = "live", ema=None) -> tuple[int, dict[str, torch.Tensor], dict]:
+                    method: str, weights: str = "live", ema=None,
+                    optional: tuple[str, ...] = ()) -> tuple[int, dict[str, torch.Tensor], dict]:
     """Restore weights (and optimisers); returns (step, rng states by rank, extra).
 
     ``weights``: which set goes into ``model``: ``live`` (the trained weights, what resume
     needs), ``ema`` (the averaged ones, an error where the run kept none) or ``auto`` (the
     averaged ones where present: what evaluation uses). ``ema``: a ``WeightAverage`` to restore
-    (started at the loaded live weights where the checkpoint has no average)."""
+    (started at the loaded live weights where the checkpoint has no average). ``optional``:
+    optimiser groups the checkpoint may lack (they keep their fresh state)."""
     if weights not in WEIGHTS:
         raise FacefactorsError(f"unknown weights {weights!r}; use {', '.join(WEIGHTS)}")
     tensors, meta = read_checkpoint(path)
@@ -141,6 +143,8 @@ def load_checkpoint(path: Path, model: torch.nn.Module, optimizers: dict[str, to
         optim_meta = json.loads(meta["optimizers"])
         for name, opt in optimizers.items():
             if name not in optim_meta:
+                if name in optional:
+                    continue
                 raise FacefactorsError(f"checkpoint {path} has no state for optimiser group {name!r}")
             _restore_optimizer(name, opt, tensors, optim_meta)
     rng = {k: v for k, v in tensors.items() if k.startswith("rng/")}

@@ -28,6 +28,7 @@ from facefactors.io import write_json, write_text
 from facefactors.runs import build_model, resolve_device
 from facefactors.train import distributed as ddp
 from facefactors.train.ema import WeightAverage
+from facefactors.train.polish import GROUP as POLISH
 from facefactors.train.checkpoint import (checkpoint_path, latest_checkpoint, list_checkpoints, load_checkpoint,
                                           save_checkpoint)
 from facefactors.train.sampler import EpochSampler
@@ -126,6 +127,8 @@ class Trainer:
         self.groups = {name: spec.params for name, spec in specs.items()}
         self.optimizers = {name: spec.build() for name, spec in specs.items()}
         self.base_lrs = {name: [g["lr"] for g in opt.param_groups] for name, opt in self.optimizers.items()}
+        if cfg.train.polish.active:
+            self._add_polish_group()
         self.sampler = EpochSampler(self.ds.split("train"), cfg.train.batch_size, cfg.seed)
         self.ema = WeightAverage(self.model, cfg.train.ema) if cfg.train.ema else None
         self.start_step = 0
@@ -134,13 +137,32 @@ class Trainer:
         if self.resume:
             path = latest_checkpoint(self.run_dir)
             self.start_step, rng, _ = load_checkpoint(path, self.model, self.optimizers, cfg.model.method,
-                                                      ema=self.ema)
+                                                      ema=self.ema, optional=(POLISH,))
             key = f"rng/{self.info.rank}"
             if key in rng:
                 torch.set_rng_state(rng[key])
             self.log(f"resumed {self.run_dir} from {path.name} (step {self.start_step})")
         test_idx = self.ds.split("test")
         self.preview_index = test_idx[:8] if len(test_idx) else self.ds.split("train")[:8]
+
+    def _add_polish_group(self) -> None:
+        """The polish phase's optimiser (``train.polish``) over ``model.polish_modules()``."""
+        name = self.cfg.model.method
+        if POLISH in self.optimizers:
+            raise FacefactorsError(f"method {name!r} has an optimiser group named {POLISH!r}, which train.polish needs")
+        params = [p for m in self.model.polish_modules() for p in m.parameters()]
+        if not params:
+            raise FacefactorsError(f"method {name!r} has nothing for train.polish to train (no decoder); "
+                                   "set train.polish.steps=0")
+        self.groups[POLISH] = params
+        self.optimizers[POLISH] = torch.optim.Adam(params, lr=self.cfg.train.polish.lr)
+
+    def _enter_polish(self) -> None:
+        """Freeze everything but the polished modules, in eval mode (encoder norm statistics as
+        evaluation sees them)."""
+        self.model.eval()
+        for m in self.model.polish_modules():
+            m.train()
 
     # ------------------------------------------------------------------ helpers
     def _save(self, step: int) -> Path:
@@ -156,10 +178,16 @@ class Trainer:
 
     def _set_lr(self, step: int, total_steps: int) -> None:
         tc = self.cfg.train
+        if step >= tc.steps and tc.polish.active:
+            for group in self.optimizers[POLISH].param_groups:
+                group["lr"] = tc.polish.rate(step - tc.steps)
+            return
         if tc.lr_schedule == "constant":
             return
         mult = lr_multiplier(step, total_steps, tc.lr_schedule, tc.lr_final, tc.lr_decay_start)
         for name, opt in self.optimizers.items():
+            if name == POLISH:
+                continue
             for group, base in zip(opt.param_groups, self.base_lrs[name]):
                 group["lr"] = base * mult
 
@@ -199,11 +227,15 @@ class Trainer:
         finally:
             ddp.shutdown(self.info)
 
+    def _polish_losses(self, batch, step: int):
+        """The polish phase's one update per step, as a group generator like ``train_step``."""
+        yield POLISH, self.model.polish_step(batch, step)
+
     def _fit(self) -> TrainResult:
         self._setup()
         cfg, tc = self.cfg, self.cfg.train
         model, device = self.model, self.device
-        total_steps = tc.steps
+        main_steps, total_steps = tc.steps, tc.steps + tc.polish.steps
         step = self.start_step
         if step >= total_steps:
             self.log(f"nothing to do: the run is at step {step} of {total_steps}")
@@ -211,6 +243,7 @@ class Trainer:
         self.log(f"training {cfg.model.method} on {self.ds.name} ({self.ds.image_size}px, "
                  f"{len(self.ds.split('train'))} train images) for steps {step}..{total_steps}, "
                  f"batch {tc.batch_size}, device {device}"
+                 + (f", the last {tc.polish.steps} polishing the decoder" if tc.polish.active else "")
                  + (f", {self.info.world_size} processes" if self.info.enabled else ""))
         model.train()
         interactive = sys.stderr.isatty()
@@ -223,14 +256,18 @@ class Trainer:
         window_t, window_images = 0.0, 0
         stopped = "steps"
         budget = tc.time_budget_min * 60 if tc.time_budget_min else None
+        polishing = False
         while step < total_steps:
             t0 = time.perf_counter()
+            if step >= main_steps and not polishing:
+                self._enter_polish()
+                polishing = True
             idx = self.sampler.local_batch(step, self.info.rank, self.info.world_size)
             batch = self.ds.batch(idx).to(device, channels_last=tc.channels_last)
-            if model.train_augment is not None:
+            if model.train_augment is not None:  # a no-op while polishing (the model is in eval mode)
                 batch = dataclasses.replace(batch, image=model.augment_images(batch.image))
-            self._set_lr(step, total_steps)
-            gen = model.train_step(batch, step, total_steps)
+            self._set_lr(step, main_steps)
+            gen = self._polish_losses(batch, step) if polishing else model.train_step(batch, step, main_steps)
             while True:
                 with _autocast(device, tc.precision):
                     try:
@@ -287,7 +324,8 @@ class Trainer:
         ips = images / max(train_seconds, 1e-9)
         result = TrainResult(self.run_dir, step, ips, train_seconds, stopped)
         if self.info.is_main:
-            summary = {"step": step, "steps": total_steps, "stopped": stopped, "images_per_s": round(ips, 1),
+            summary = {"step": step, "steps": total_steps, "polish_steps": tc.polish.steps, "stopped": stopped,
+                       "images_per_s": round(ips, 1),
                        "train_seconds": round(train_seconds, 1), "processes": self.info.world_size,
                        "device": str(device), "checkpoint": path.name,
                        "n_parameters": sum(p.numel() for p in model.parameters())}
