@@ -57,6 +57,12 @@ official KL most of z's units are near collapse. On SynthFaces the identity a pr
 sits in units whose means vary by less than half their posterior noise, from which the decoder
 draws almost nothing; Burda's 0.01 keeps many of them (BENCHMARKS.md, "where z keeps identity").
 
+``split_encoder`` (not in the paper or the report): s and z come from two encoders of the same
+architecture with no shared weights, so z's units cannot inherit the class features a shared trunk
+learns for s. On digits it took some of the digit out of z for a linear probe (0.47 against 0.59 in
+4-minute trials) but not for an MLP (0.68), and units the decoder ignores still held the digit:
+the z network's own style features differ by class (BENCHMARKS.md).
+
 Pairs: with the dataset bound (``bind_dataset``, which the trainer calls before training) partners
 come from the train split through ``PairSampler``, seeded by (seed, step); otherwise from within
 the batch (``in_batch_partners``; an image without a same-class partner is paired with itself).
