@@ -39,7 +39,11 @@ COLUMNS = (("images_per_s", "images/s"), ("psnr", "PSNR (dB)"), ("leak/linear", 
 
 # Methods whose SynthFaces-64 headline config is not ``<method>_synthfaces.yaml``, and recorded
 # results not named after their config.
-HEADLINE_CONFIGS = {"compact_embeddings": "compact_embeddings_synthfaces_J.yaml"}   # J: the paper's preferred mode
+HEADLINE_CONFIGS = {
+    "compact_embeddings": "compact_embeddings_synthfaces_J.yaml",               # J: the paper's preferred mode
+    "adversarial_attributes": "adversarial_attributes_synthfaces_carry.yaml",   # the demo's settings
+    "cycle_vae": "cycle_vae_synthfaces_active.yaml",                            # z's inactive units at the prior mean
+}
 RESULT_NAMES = {"autoencoder_synthfaces": "ae_baseline"}
 
 
