@@ -2,7 +2,9 @@
 
 Devices and precision, torchrun data parallelism, gradient clipping, progress bar with
 losses, images/s and ETA, ``log.jsonl``, periodic previews, atomic checkpoints with exact
-resume, and a guard that stops on a non-finite loss naming it.
+resume, and a guard that stops on a non-finite loss naming it. Options: learning-rate schedules,
+training augmentation (``train.augment``), a weight average (``train.ema``), and a last phase
+that trains the decoder alone on the frozen encoder's codes (``train.polish``).
 """
 from __future__ import annotations
 
