@@ -421,22 +421,42 @@ class AdversarialAttributes(Method):
         x_rec = self.decode(z)
         out = {"rec": p.rec * reconstruction_loss(p.rec_loss, x_rec, x)}
         if p.hybrid > 0:
-            z_mix, perms = shuffle_parts(z, self.attributes)
-            n = min(p.hybrid_batch or len(x), len(x))
-            z_mix, perms = z_mix.index(slice(0, n)), {a: perm[:n] for a, perm in perms.items()}
-            x_mix = self.decode(z_mix)
-            out["hybrid"] = p.hybrid * sum(self._class_loss(self.classifiers[a](x_mix), a, labels, perms[a])
-                                           for a in self.attributes) / len(self.attributes)
+            _, perms, x_mix = self._hybrids(z)
+            out["hybrid"] = p.hybrid * self._hybrid_loss(x_mix, labels, perms)
         if self.carry:
-            out["carry_rec"] = p.carry_weight * sum(self.carry_loss(self.classifiers[a](x_rec), a, labels)
-                                                    for a in self.carry) / len(self.carry)
+            out["carry_rec"] = self._carry_rec_loss(x_rec, labels)
         if p.pair_swap > 0 and self._partners is not None:
             xp, _ = self.partners(batch, step)
             with torch.no_grad():
-                zp = self.encode(xp)
-            swapped = z.index(slice(0, len(xp))).replace(identity=zp["identity"])
-            out["pair_swap"] = p.pair_swap * reconstruction_loss(p.rec_loss, self.decode(swapped), x[:len(xp)])
+                partner_identity = self.encoders["identity"](xp)[:, :p.code_channels]
+            out["pair_swap"] = self._pair_swap_loss(z, partner_identity, x)
         return out
+
+    def _hybrids(self, z: Latent) -> tuple[Latent, dict[str, torch.Tensor], torch.Tensor]:
+        """Codes shuffled per attribute across the batch (the first ``hybrid_batch`` of them), the
+        permutations, and their decodes."""
+        z_mix, perms = shuffle_parts(z, self.attributes)
+        b = z_mix.batch_size
+        n = min(self.params.hybrid_batch or b, b)
+        if n < b:
+            z_mix, perms = z_mix.index(slice(0, n)), {a: perm[:n] for a, perm in perms.items()}
+        return z_mix, perms, self.decode(z_mix)
+
+    def _hybrid_loss(self, x_mix: torch.Tensor, labels, perms: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The hybrids classified as the labels their donors gave them, mean over the attributes."""
+        return sum(self._class_loss(self.classifiers[a](x_mix), a, labels, perms[a])
+                   for a in self.attributes) / len(self.attributes)
+
+    def _carry_rec_loss(self, x_rec: torch.Tensor, labels) -> torch.Tensor:
+        """``carry_weight`` x the carried labels' error as read from the reconstructions."""
+        return self.params.carry_weight * sum(self.carry_loss(self.classifiers[a](x_rec), a, labels)
+                                              for a in self.carry) / len(self.carry)
+
+    def _pair_swap_loss(self, z: Latent, partner_identity: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """``pair_swap`` x the error of the first images decoded with their partners' identity part."""
+        n = len(partner_identity)
+        swapped = z.index(slice(0, n)).replace(identity=partner_identity)
+        return self.params.pair_swap * reconstruction_loss(self.params.rec_loss, self.decode(swapped), x[:n])
 
     # ------------------------------------------------------------------ training
     def optimizers(self) -> dict[str, OptimizerSpec]:
@@ -558,11 +578,7 @@ class AdversarialAttributes(Method):
         use_critic = self.critic is not None and s > 0 and step % p.critic_every == 0
         use_hybrid = s > 0 and (p.hybrid > 0 or use_critic)
         if use_hybrid:
-            z_mix, perms = shuffle_parts(z_sample, self.attributes)
-            n = min(p.hybrid_batch or len(x), len(x))
-            if n < len(x):
-                z_mix, perms = z_mix.index(slice(0, n)), {a: perm[:n] for a, perm in perms.items()}
-            x_mix = self.decode(z_mix)
+            z_mix, perms, x_mix = self._hybrids(z_sample)
 
         # 2. WGAN-GP critic: real images against (detached) shuffled hybrids
         if use_critic:
@@ -606,18 +622,13 @@ class AdversarialAttributes(Method):
             out["compact"] = s * p.identity_compact * within_class_share(
                 self._part_seen(z_dep, "identity"), labels_dep["identity"], self.n_classes["identity"])
         if use_hybrid and p.hybrid > 0:
-            out["hybrid"] = s * p.hybrid * sum(self._class_loss(self.classifiers[a](x_mix), a, labels, perms[a])
-                                               for a in self.attributes) / len(self.attributes)
+            out["hybrid"] = s * p.hybrid * self._hybrid_loss(x_mix, labels, perms)
         if self.carry:  # the reconstructions must show the carried labels too (the hybrids' ceiling)
-            out["carry_rec"] = p.carry_weight * sum(self.carry_loss(self.classifiers[a](x_rec), a, labels)
-                                                    for a in self.carry) / len(self.carry)
+            out["carry_rec"] = self._carry_rec_loss(x_rec, labels)
         if use_critic:
             out["adv"] = -s * p.adv * self.critic(x_mix).mean()
         if p.pair_swap > 0 and z_all is not None:  # x from its partner's identity part: a known answer
-            n = len(xp)
-            own = z_sample.index(slice(0, n))
-            swapped = own.replace(identity=sample_all["identity"][b:b + n])
-            out["pair_swap"] = p.pair_swap * reconstruction_loss(p.rec_loss, self.decode(swapped), x[:n])
+            out["pair_swap"] = self._pair_swap_loss(z_sample, sample_all["identity"][b:b + len(xp)], x)
         if use_hybrid and p.latent_cycle > 0:
             out["latent_cyc"] = s * p.latent_cycle * code_cycle_error(self.encode(x_mix), z_mix)
         yield "autoencoder", out
