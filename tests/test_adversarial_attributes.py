@@ -360,6 +360,37 @@ def test_polish_config_is_the_carry_config_with_a_shorter_main_phase():
     assert cfg.train.time_budget_min == 30
 
 
+def test_bf16_config_is_the_polish_config_in_bf16_with_the_main_phase_restored():
+    from pathlib import Path
+
+    from facefactors.config import load_config
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    cfg = load_config(configs / "adversarial_attributes_synthfaces_bf16.yaml")
+    polish = load_config(configs / "adversarial_attributes_synthfaces_polish.yaml")
+    assert (cfg.method, cfg.data, cfg.model) == (polish.method, polish.data, polish.model)
+    assert cfg.train.precision == "bf16" and polish.train.precision == "auto"
+    assert cfg.train.steps == 4200 and cfg.train.polish == polish.train.polish
+    assert cfg.train.time_budget_min == 30
+
+
+def test_codes_are_fp32_under_bf16_autocast_and_match_fp32():
+    """The encoders run in fp32 under bf16 autocast: the adversaries and dependence terms judge
+    finer variations in the codes than bf16 keeps. The decoder still autocasts."""
+    ds = blobs_dataset()
+    model = build_model(aa_config(kl=0.1), ds)
+    model.eval()
+    x = ds.batch(range(8)).image
+    plain = model.encode(x)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = model.encode(x)
+        mu, _, kl = model.encode_stochastic(x)
+        out = model.decode(mixed)
+    for n in model.part_names:
+        assert mixed[n].dtype == torch.float32 and torch.equal(mixed[n], plain[n]) and torch.equal(mu[n], plain[n])
+    assert kl.dtype == torch.float32 and out.dtype == torch.bfloat16
+
+
 def test_identity_pairs_draw_same_identity_partners_for_the_terms(tmp_path):
     import json
 

@@ -86,3 +86,24 @@ def test_a_shared_code_kernel_gives_the_same_dependence():
     for unbiased in (False, True):
         assert torch.equal(label_kernel_dependence(x, y, 5, unbiased=unbiased, kernel=k),
                            label_kernel_dependence(x, y, 5, unbiased=unbiased))
+
+
+def test_dependence_measures_run_in_fp32_under_bf16_autocast():
+    """The measures are small differences of batch sums: under bf16 autocast (train.precision=bf16)
+    they must give what they give in fp32, gradients included, not bf16's rounding of them."""
+    g = torch.Generator().manual_seed(3)
+    y = torch.randint(0, 8, (64,), generator=g)
+    x = (torch.randn(64, 16, generator=g) + 0.3 * torch.nn.functional.one_hot(y, 16).float()).requires_grad_()
+
+    def measures():
+        return [label_kernel_dependence(x, y, 8, unbiased=True), label_dependence(x, y, 8),
+                within_class_share(x, y, 8), code_kernel(x).sum()]
+
+    plain = measures()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = measures()
+    for a, b in zip(plain, mixed):
+        assert b.dtype == torch.float32 and torch.allclose(a, b, rtol=1e-5, atol=1e-6)
+        ga, = torch.autograd.grad(a, x)
+        gb, = torch.autograd.grad(b, x)
+        assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-7)

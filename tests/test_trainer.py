@@ -107,6 +107,29 @@ def test_nan_loss_stops_with_name_and_keeps_checkpoint(tmp_path, monkeypatch):
     assert [p.name for p in list_checkpoints(tmp_path / "r")] == ["step-00000003.safetensors"]
 
 
+def test_bf16_precision_trains_on_cpu_and_is_deterministic(tmp_path, monkeypatch):
+    """train.precision=bf16 autocasts on the CPU too (fast where the CPU has native bf16): the
+    weights stay fp32, the run is reproducible, and a CPU without native bf16 gets a warning."""
+    import facefactors.train.trainer as trainer_module
+
+    ds = blobs_dataset()
+    logs = []
+    monkeypatch.setattr(trainer_module, "cpu_has_native_bf16", lambda: False)
+    Trainer(tiny_config(precision="bf16"), tmp_path / "a", dataset=ds, log=logs.append).fit()
+    Trainer(tiny_config(precision="bf16"), tmp_path / "b", dataset=ds, log=quiet).fit()
+    Trainer(tiny_config(precision="fp32"), tmp_path / "c", dataset=ds, log=quiet).fit()
+    wa, wb, wc = weights(tmp_path / "a"), weights(tmp_path / "b"), weights(tmp_path / "c")
+    assert all(v.dtype == torch.float32 for k, v in wa.items() if v.is_floating_point())
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    assert any(not torch.equal(wa[k], wc[k]) for k in wa if wa[k].is_floating_point())  # autocast was on
+    assert any("bf16" in m for m in logs) and any(m.startswith("warning: train.precision=bf16") for m in logs)
+
+
+def test_unknown_precision_is_a_clear_error(tmp_path):
+    with pytest.raises(FacefactorsError, match="unknown train.precision 'fp8'"):
+        Trainer(tiny_config(precision="fp8"), tmp_path / "r", dataset=blobs_dataset(), log=quiet).fit()
+
+
 def test_checkpoint_rejects_foreign_files(tmp_path):
     ds = blobs_dataset()
     model = build_model(tiny_config(), ds)

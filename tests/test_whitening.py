@@ -72,3 +72,19 @@ def test_statistics_are_buffers_and_the_matrix_follows_them():
     assert int(w.updates) == 2
     with pytest.raises(ValueError, match="RunningWhitening"):
         RunningWhitening(0)
+
+
+def test_statistics_and_whitening_stay_fp32_under_bf16_autocast():
+    """Mixed-precision training (train.precision=bf16) must neither break the fp32 buffers' update
+    nor round the small directions away: both match the fp32 computation."""
+    g = torch.Generator().manual_seed(1)
+    batches = [correlated(64, g) for _ in range(20)]
+    plain, mixed = RunningWhitening(4), RunningWhitening(4)
+    for x in batches:
+        plain.update(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            mixed.update(x)
+    assert mixed.cov.dtype == torch.float32 and torch.allclose(mixed.cov, plain.cov)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = mixed(batches[0])
+    assert out.dtype == torch.float32 and torch.allclose(out, plain(batches[0]), atol=1e-5)

@@ -383,8 +383,15 @@ class AdversarialAttributes(Method):
     def part_names(self) -> list[str]:
         return self.attributes + ["rest"]
 
+    def _encoder(self, n: str, x: torch.Tensor) -> torch.Tensor:
+        """Part n's encoder output, in fp32 even under bf16 autocast (``train.precision``): the
+        adversaries and dependence terms judge variations in the codes finer than bf16 rounds to
+        (with bf16 codes the kernel term's gradient pointed 19 degrees off; BENCHMARKS.md)."""
+        with torch.autocast(x.device.type, enabled=False):
+            return self.encoders[n](x.float())
+
     def encode(self, x: torch.Tensor) -> Latent:
-        return Latent((n, self.encoders[n](x)[:, :self.params.code_channels]) for n in self.part_names)
+        return Latent((n, self._encoder(n, x)[:, :self.params.code_channels]) for n in self.part_names)
 
     def encode_stochastic(self, x: torch.Tensor) -> tuple[Latent, Latent, torch.Tensor | None]:
         """(means, samples, KL) for training; without the bottleneck samples are the means. The KL
@@ -396,7 +403,7 @@ class AdversarialAttributes(Method):
         c = self.params.code_channels
         mu, sample, kl = {}, {}, 0.0
         for n in self.part_names:
-            h = self.encoders[n](x)
+            h = self._encoder(n, x)
             m, logvar = h[:, :c], h[:, c:].clamp(-12.0, 6.0)
             mu[n], sample[n] = m, m + torch.randn_like(m) * (0.5 * logvar).exp()
             part_kl = gaussian_kl(m, logvar)
@@ -428,7 +435,7 @@ class AdversarialAttributes(Method):
         if p.pair_swap > 0 and self._partners is not None:
             xp, _ = self.partners(batch, step)
             with torch.no_grad():
-                partner_identity = self.encoders["identity"](xp)[:, :p.code_channels]
+                partner_identity = self._encoder("identity", xp)[:, :p.code_channels]
             out["pair_swap"] = self._pair_swap_loss(z, partner_identity, x)
         return out
 

@@ -1,10 +1,24 @@
 """Loss terms shared by several methods."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
 
+def full_precision(fn):
+    """Run ``fn(x, ...)`` with autocast off, in fp32: the dependence measures below are small
+    differences of large sums over the batch, which bf16 rounds away (under bf16 autocast the
+    unbiased kernel term's gradient pointed 49 degrees off its fp32 direction; BENCHMARKS.md)."""
+    @functools.wraps(fn)
+    def wrapper(x: torch.Tensor, *args, **kwargs):
+        with torch.autocast(x.device.type, enabled=False):
+            return fn(x, *args, **kwargs)
+    return wrapper
+
+
+@full_precision
 def class_means(x: torch.Tensor, y: torch.Tensor, num_classes: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The mean of ``x``'s rows (N, D) in each class of ``y`` (K, D; an absent class has mean 0) and
     the class sizes (K,)."""
@@ -25,6 +39,7 @@ def _classes_of_two_or_more(x: torch.Tensor, y: torch.Tensor, num_classes: int):
     return x, y, F.one_hot(y, num_classes).float(), n_k, means
 
 
+@full_precision
 def label_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0, eps: float = 1e-5,
                      spread: float = 1.0) -> torch.Tensor:
     """How much labels ``y`` explain codes ``x`` (B, D) in this batch, averaged over dims (0 = nothing).
@@ -66,6 +81,7 @@ def label_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0, eps
 KERNEL_SCALES = (0.25, 1.0, 4.0)
 
 
+@full_precision
 def code_kernel(x: torch.Tensor, scales: tuple[float, ...] = KERNEL_SCALES) -> torch.Tensor:
     """Gaussian kernel (B, B) of codes ``x`` (B, D): the mean of Gaussians at ``scales`` times the
     median squared distance between distinct codes (so it is blind to the codes' overall scale)."""
@@ -77,6 +93,7 @@ def code_kernel(x: torch.Tensor, scales: tuple[float, ...] = KERNEL_SCALES) -> t
     return sum(torch.exp(-d2 / (s * med)) for s in scales) / len(scales)
 
 
+@full_precision
 def label_kernel_dependence(x: torch.Tensor, y: torch.Tensor, num_classes: int = 0,
                             scales: tuple[float, ...] = KERNEL_SCALES, unbiased: bool = False,
                             kernel: torch.Tensor | None = None) -> torch.Tensor:
@@ -138,6 +155,7 @@ def _hsic_unbiased(k: torch.Tensor, ell: torch.Tensor) -> torch.Tensor:
             - 2.0 / (n - 2) * (k_row @ l_row)) / (n * (n - 3))
 
 
+@full_precision
 def within_class_share(x: torch.Tensor, y: torch.Tensor, num_classes: int, eps: float = 1e-8) -> torch.Tensor:
     """The share of the codes' ``x`` (B, D) variance that lies within classes ``y`` (B,), in [0, 1].
 

@@ -49,8 +49,10 @@ class RunningWhitening(nn.Module):
         m = max(self.momentum, 1.0 / float(self.updates + 1))
         mean = x.mean(0)
         xc = x - mean
+        with torch.autocast(x.device.type, enabled=False):  # statistics in fp32 under bf16 autocast
+            cov = xc.T @ xc / (x.shape[0] - 1)
         self.mean.lerp_(mean, m)
-        self.cov.lerp_(xc.T @ xc / (x.shape[0] - 1), m)
+        self.cov.lerp_(cov, m)
         self.updates += 1
         self._matrix = None
 
@@ -66,4 +68,5 @@ class RunningWhitening(nn.Module):
         return self._matrix
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (x.float().flatten(1) - self.mean) @ self.matrix()
+        with torch.autocast(x.device.type, enabled=False):
+            return (x.float().flatten(1) - self.mean) @ self.matrix()
