@@ -35,7 +35,7 @@ class TrainConfig:
     steps: int = 3000
     batch_size: int = 64             # global batch: split across processes under torchrun
     device: str = "auto"             # auto | cpu | cuda | cuda:N
-    precision: str = "auto"          # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16
+    precision: str = "auto"          # auto (bf16 autocast on CUDA, fp32 on CPU) | fp32 | bf16 (on a CPU: fast only with native bf16, AMX or AVX512-BF16)
     channels_last: bool = True
     grad_clip: float | None = None   # max global grad norm per optimiser group
     log_every: int = 25
