@@ -288,7 +288,7 @@ class Trainer:
             self._set_lr(step, main_steps)
             gen = self._polish_losses(batch, step) if polishing else model.train_step(batch, step, main_steps)
             while True:
-                with _autocast(device, tc.precision):
+                with _autocast(device, precision):  # resolved (and checked) once, above
                     try:
                         group, losses = next(gen)
                     except StopIteration:
