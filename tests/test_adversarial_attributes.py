@@ -637,3 +637,24 @@ def test_polish_keeps_the_decoder_terms_and_trains_only_the_decoder(tmp_path):
     b, _ = read_checkpoint(list_checkpoints(tmp_path / "m")[-1])
     changed = {k for k in b if k.startswith("model/") and not torch.equal(a[k], b[k])}
     assert changed and all(k.startswith("model/decoder.") for k in changed), sorted(changed)[:3]
+
+
+def test_adversary_readback_scores_the_runs_own_adversaries_beside_a_fresh_probe(tmp_path):
+    from benchmarks.adversary_readback import readback
+
+    data = {"name": "synthfaces", "size": 32, "n": 96, "n_identities": 6, "seed": 1}
+    raw = {"seed": 0, "data": data,
+           "model": {"method": "adversarial_attributes", "attributes": ["identity", "illumination"], "width": 8},
+           "method": {"code_channels": 4, "code_size": 4, "critic_width": 8, "res_blocks": 1,
+                      "adversary_hidden": 16, "adversary_given": True, "confuse_extra": ["pose"]},
+           "train": {"steps": 2, "batch_size": 8, "progress": False, "preview_every": 0}}
+    Trainer(build_dataclass(RunConfig, raw), tmp_path / "r", log=lambda m: None).fit()
+    pairs = [("identity", "illumination"), ("illumination", "pose")]
+    rows = readback(str(tmp_path / "r"), pairs, n_train=48, n_test=24)
+    assert [(r["part"], r["attribute"]) for r in rows] == pairs
+    for r in rows:
+        assert 0 < r["chance"] <= 1 and 0 <= r["adversary"] <= 1 and 0 <= r["probe"] <= 1
+    # every pair the run has an adversary for, by default; a pair without one is named
+    assert len(readback(str(tmp_path / "r"), n_train=48, n_test=24)) == 6
+    with pytest.raises(SystemExit, match="rest:identity_x"):
+        readback(str(tmp_path / "r"), [("rest", "identity_x")], n_train=48, n_test=24)
