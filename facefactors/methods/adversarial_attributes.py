@@ -17,7 +17,10 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
 
 - ``adversary_hidden`` > 0: MLP adversaries trained on detached codes; the encoders are
   also pushed to uniform posteriors against them (a fixed linear classifier head is a weak
-  adversary: an encoder satisfies it by moving orthogonal to its weights);
+  adversary: an encoder satisfies it by moving orthogonal to its weights). ``adversary`` weighs
+  the mean over the pairs; with the memory and ``adversary_given`` the adversaries read the leaks
+  better than a fresh probe does, so its weight, not their strength, limits what is removed (at
+  4-8 the ``rest`` leaks fell to 0.08-0.20 MLP, for 0.3-0.4 dB; BENCHMARKS.md);
 - ``confuse_extra``: labelled attributes that are not modelled (background, pose, glasses)
   whose MLP adversaries confuse the attribute parts too, so those nuisances go to ``rest``;
   ``confuse_linked``: identity-linked attributes (skin tone, hair colour) that every part but
