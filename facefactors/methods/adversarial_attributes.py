@@ -19,8 +19,9 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   also pushed to uniform posteriors against them (a fixed linear classifier head is a weak
   adversary: an encoder satisfies it by moving orthogonal to its weights). ``adversary`` weighs
   the mean over the pairs; with the memory and ``adversary_given`` the adversaries read the leaks
-  better than a fresh probe does, so its weight, not their strength, limits what is removed (at
-  4-8 the ``rest`` leaks fell to 0.08-0.20 MLP, for 0.3-0.4 dB; BENCHMARKS.md);
+  better than a fresh probe does; for ``rest`` the weight, not their strength, was the limit (at
+  4-8 its leaks fell to 0.08-0.20 MLP, for 0.3-0.4 dB), while the identity part's lighting barely
+  moved (0.49 to 0.42; BENCHMARKS.md);
 - ``confuse_extra``: labelled attributes that are not modelled (background, pose, glasses)
   whose MLP adversaries confuse the attribute parts too, so those nuisances go to ``rest``;
   ``confuse_linked``: identity-linked attributes (skin tone, hair colour) that every part but
