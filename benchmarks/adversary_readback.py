@@ -22,18 +22,9 @@ import argparse
 import numpy as np
 import torch
 
+from facefactors.eval.latents import encode_split
 from facefactors.eval.probes import probe_score
 from facefactors.runs import load_run
-
-
-def _codes(model, ds, idx: np.ndarray, batch: int = 256) -> dict[str, torch.Tensor]:
-    out: dict[str, list[torch.Tensor]] = {n: [] for n in model.part_names}
-    with torch.no_grad():
-        for i in range(0, len(idx), batch):
-            z = model.encode(ds.batch(idx[i:i + batch]).image)
-            for n in model.part_names:
-                out[n].append(z[n].flatten(1).float())
-    return {n: torch.cat(v) for n, v in out.items()}
 
 
 def readback(run_dir: str, pairs: list[tuple[str, str]] | None = None, n_train: int = 4000,
@@ -53,14 +44,15 @@ def readback(run_dir: str, pairs: list[tuple[str, str]] | None = None, n_train: 
     train_split, test_split = ds.split("train"), ds.split("test")
     tr = np.sort(rng.choice(train_split, min(n_train, len(train_split)), replace=False))
     te = np.sort(rng.choice(test_split, min(n_test, len(test_split)), replace=False))
-    z_tr, z_te = _codes(model, ds, tr), _codes(model, ds, te)
-    labels = {a: torch.as_tensor(ds.labels[a]) for a in model.confusion_classes}
-    l_tr, l_te = {a: v[tr] for a, v in labels.items()}, {a: v[te] for a, v in labels.items()}
+    train, test = encode_split(model, ds, tr), encode_split(model, ds, te)
+    l_te = {a: torch.from_numpy(test[f"label/{a}"]) for a in model.confusion_classes}
     rows = []
     for q, a in pairs:
         with torch.no_grad():
-            logits = model.adversaries[f"{q}__{a}"](model._adversary_input(q, z_te[q], l_te))
-        fresh = probe_score("mlp", z_tr[q].numpy(), l_tr[a].numpy(), z_te[q].numpy(), l_te[a].numpy(), seed=seed)
+            code = torch.from_numpy(test[f"part/{q}"])
+            logits = model.adversaries[f"{q}__{a}"](model._adversary_input(q, code, l_te))
+        fresh = probe_score("mlp", train[f"part/{q}"], train[f"label/{a}"], test[f"part/{q}"], test[f"label/{a}"],
+                            seed=seed)
         rows.append({"part": q, "attribute": a, "chance": fresh["chance"],
                      "adversary": float((logits.argmax(1) == l_te[a]).float().mean()),
                      "probe": fresh["accuracy"], "probe_normalized": fresh["normalized"]})

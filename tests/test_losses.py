@@ -107,3 +107,14 @@ def test_dependence_measures_run_in_fp32_under_bf16_autocast():
         ga, = torch.autograd.grad(a, x)
         gb, = torch.autograd.grad(b, x)
         assert torch.allclose(ga, gb, rtol=1e-4, atol=1e-7)
+
+
+def test_dependence_measures_take_bf16_codes_in_fp32():
+    """Codes from an autocast encoder may be bf16: the measures compute on them in fp32."""
+    g = torch.Generator().manual_seed(4)
+    y = torch.randint(0, 4, (32,), generator=g)
+    x = torch.randn(32, 8, generator=g).bfloat16()
+    for value in (label_kernel_dependence(x, y, 4, unbiased=True), label_dependence(x, y, 4),
+                  within_class_share(x, y, 4), code_kernel(x)):
+        assert value.dtype == torch.float32
+    assert torch.equal(label_dependence(x, y, 4), label_dependence(x.float(), y, 4))

@@ -8,13 +8,14 @@ import torch.nn.functional as F
 
 
 def full_precision(fn):
-    """Run ``fn(x, ...)`` with autocast off, in fp32: the dependence measures below are small
-    differences of large sums over the batch, which bf16 rounds away (under bf16 autocast the
-    unbiased kernel term's gradient pointed 49 degrees off its fp32 direction; BENCHMARKS.md)."""
+    """Run ``fn(x, ...)`` with autocast off and ``x`` in fp32 (codes from an autocast encoder may be
+    bf16): the dependence measures below are small differences of large sums over the batch, which
+    bf16 rounds away (under bf16 autocast the unbiased kernel term's gradient pointed 49 degrees off
+    its fp32 direction; BENCHMARKS.md)."""
     @functools.wraps(fn)
     def wrapper(x: torch.Tensor, *args, **kwargs):
         with torch.autocast(x.device.type, enabled=False):
-            return fn(x, *args, **kwargs)
+            return fn(x.float(), *args, **kwargs)
     return wrapper
 
 
