@@ -658,3 +658,40 @@ def test_adversary_readback_scores_the_runs_own_adversaries_beside_a_fresh_probe
     assert len(readback(str(tmp_path / "r"), n_train=48, n_test=24)) == 6
     with pytest.raises(SystemExit, match="rest:identity_x"):
         readback(str(tmp_path / "r"), [("rest", "identity_x")], n_train=48, n_test=24)
+
+
+def test_part_widths_set_named_encoders_widths():
+    ds = blobs_dataset()
+
+    def n_params(module):
+        return sum(t.numel() for t in module.parameters())
+
+    model = build_model(aa_config(attr_width=4, part_widths={"colour": 12}), ds)
+    slim, wide = build_model(aa_config(attr_width=4), ds), build_model(aa_config(attr_width=12), ds)
+    assert n_params(model.encoders["colour"]) == n_params(wide.encoders["colour"])
+    assert n_params(model.encoders["place"]) == n_params(slim.encoders["place"])  # attr_width still applies
+    assert n_params(model.encoders["rest"]) == n_params(slim.encoders["rest"])    # the model's width
+    for bad, match in (({"glasses": 8}, "'glasses', which is not a part"), ({"rest": 0}, "positive integer")):
+        with pytest.raises(FacefactorsError, match=match):
+            build_model(aa_config(part_widths=bad), ds)
+
+
+def test_adversary_weights_scale_single_pairs_of_the_uniform_term():
+    from facefactors.methods.adversarial_attributes import uniform_cross_entropy
+
+    ds = blobs_dataset()
+    weights = {"colour:place": 3.0, "rest:colour": 0.0}
+    torch.manual_seed(0)
+    model = build_model(aa_config(adversary_weights=weights), ds).train()
+    batch = ds.batch(range(8))
+    out = dict(model.train_step(batch, 50, 100))["autoencoder"]
+    z = model.encode(batch.image)
+    want = [weights.get(f"{q}:{a}", 1.0) * uniform_cross_entropy(head(z[q].flatten(1)))
+            for q, a, head in model._adversary_heads()]
+    torch.testing.assert_close(out["dis_mlp"], model.params.adversary * sum(want) / len(want))
+    for bad, match in (({"colour:colour": 2.0}, "'colour:colour', which is not a confusion pair"),
+                       ({"colour:place": -1.0}, ">= 0")):
+        with pytest.raises(FacefactorsError, match=match):
+            build_model(aa_config(adversary_weights=bad), ds)
+    with pytest.raises(FacefactorsError, match="needs MLP adversaries"):
+        build_model(aa_config(adversary_hidden=0, adversary_weights={"colour:place": 2.0}), ds)

@@ -40,7 +40,8 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
 - ``adversary_steps`` updates of the adversaries per step (they must keep up with the
   encoders to be a real constraint) at their own ``adversary_lr``;
 - ``critic_every`` updates the critic (and applies its term) every k steps; ``attr_width``
-  sets a slimmer conv width for the attribute encoders than for ``rest``; ``hybrid_batch``
+  sets a slimmer conv width for the attribute encoders than for ``rest`` (``part_widths`` sets
+  named parts' widths in its place); ``hybrid_batch``
   decodes (and classifies and criticises) only the first n hybrids of the shuffled batch; all
   three buy speed;
 - ``moments`` and ``kernel`` > 0: adversary-free dependence terms on the same (part, attribute)
@@ -149,6 +150,7 @@ class AdversarialAttributesParams(MethodParams):
     gp: float = 10.0
     adversary_hidden: int = 0             # >0: MLP adversaries on detached codes (not in the paper)
     adversary: float = 1.0                # weight of the uniform loss against those adversaries
+    adversary_weights: dict[str, float] = field(default_factory=dict)  # "part:attribute" -> multiplier of its term
     adversary_lr: float = 0.0             # their learning rate (0: classifier_lr)
     adversary_steps: int = 1              # their updates per step on the detached codes (cheap: MLPs)
     confuse_extra: tuple[str, ...] = ()   # unmodelled attributes the attribute parts must not carry
@@ -159,6 +161,7 @@ class AdversarialAttributesParams(MethodParams):
     ramp: float = 0.0                     # fraction of training over which they ramp to full weight
     critic_every: int = 1                 # critic update (and its term) every k steps
     attr_width: int = 0                   # conv width of the attribute encoders (0: model width)
+    part_widths: dict[str, int] = field(default_factory=dict)  # per-part encoder widths in place of the above
     moments: float = 0.0                  # label dependence of each part on the others' labels (not in the paper)
     kernel: float = 0.0                   # kernel alignment of each part with the others' labels (not in the paper)
     whiten: bool = False                  # moments / kernel see whitened parts (nn.whitening)
@@ -266,9 +269,15 @@ class AdversarialAttributes(Method):
                                 + [(q, a) for q in parts if q != "identity" for a in self.linked_classes])
         self.confusion_classes = {**self.n_classes, **self.extra_classes, **self.linked_classes}
         out_channels = p.code_channels * (2 if p.kl > 0 else 1)
+        unknown = [n for n in p.part_widths if n not in parts]
+        if unknown:
+            raise ValueError(f"method.part_widths names {unknown[0]!r}, which is not a part; parts: {', '.join(parts)}")
+        bad = [n for n, w in p.part_widths.items() if not isinstance(w, int) or w <= 0]
+        if bad:
+            raise ValueError(f"method.part_widths.{bad[0]}={p.part_widths[bad[0]]!r} must be a positive integer")
         self.encoders = nn.ModuleDict({
-            n: MapEncoder(setup.image_size, setup.channels, out_channels, p.code_size,
-                          setup.width if n == "rest" or p.attr_width <= 0 else p.attr_width, setup.norm)
+            n: MapEncoder(setup.image_size, setup.channels, out_channels, p.code_size, self._width(n, setup.width),
+                          setup.norm)
             for n in parts})
         self.decoder = MapDecoder(setup.image_size, setup.channels, p.code_channels * len(parts), p.code_size,
                                   setup.width, setup.norm, p.res_blocks)
@@ -292,6 +301,15 @@ class AdversarialAttributes(Method):
         # labels each part's adversaries are given with adversary_given: what the part may carry
         self.given = {q: ([q] if q in self.n_classes else list(self.extra_classes)) if p.adversary_given else []
                       for q in parts}
+        pair_names = {f"{q}:{a}" for q, a in self.confusion_pairs}
+        unknown = sorted(k for k in p.adversary_weights if k not in pair_names)
+        if unknown:
+            raise ValueError(f"method.adversary_weights names {unknown[0]!r}, which is not a confusion pair; pairs: "
+                             f"{', '.join(f'{q}:{a}' for q, a in self.confusion_pairs)}")
+        if any(w < 0 for w in p.adversary_weights.values()):
+            raise ValueError("method.adversary_weights must be >= 0")
+        if p.adversary_weights and p.adversary_hidden <= 0:
+            raise ValueError("adversary_weights needs MLP adversaries (adversary_hidden > 0)")
         if p.adversary_hidden > 0:
             self.adversaries = nn.ModuleDict({
                 f"{q}__{a}": MLPHead(code_dim + sum(self.confusion_classes[g] for g in self.given[q]),
@@ -320,6 +338,14 @@ class AdversarialAttributes(Method):
         self._partners: PairSampler | None = None
         self._images: torch.Tensor | None = None
         self._labels: dict[str, torch.Tensor] = {}
+
+    def _width(self, part: str, model_width: int) -> int:
+        """Conv width of a part's encoder: ``part_widths``, else ``attr_width`` for attribute parts,
+        else the model's width."""
+        p = self.params
+        if part in p.part_widths:
+            return p.part_widths[part]
+        return model_width if part == "rest" or p.attr_width <= 0 else p.attr_width
 
     # ------------------------------------------------------------------ data
     def bind_dataset(self, ds: ImageDataset, seed: int = 0, split: str = "train") -> None:
@@ -621,8 +647,9 @@ class AdversarialAttributes(Method):
             if terms:
                 out["dis"] = s * p.dis * sum(terms) / len(terms)
         if self.adversaries is not None and p.adversary > 0 and s > 0:
-            terms = [uniform_cross_entropy(head(self._adversary_input(q, z[q], labels)))
-                     for q, _, head in self._adversary_heads()]
+            terms = [p.adversary_weights.get(f"{q}:{a}", 1.0) * uniform_cross_entropy(
+                         head(self._adversary_input(q, z[q], labels)))
+                     for q, a, head in self._adversary_heads()]
             out["dis_mlp"] = s * p.adversary * sum(terms) / len(terms)
         z_dep, labels_dep = (z, labels) if z_all is None else (z_all, labels_all)  # with partners
         if (p.moments > 0 or p.kernel > 0) and s > 0:
