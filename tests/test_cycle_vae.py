@@ -393,6 +393,7 @@ def test_sampling_runs_on_the_method(ds):
      {"kernel": 1.0, "kernel_unbiased": True}),
     ("cycle_vae_synthfaces_expression.yaml", "cycle_vae_synthfaces.yaml", {}),
     ("cycle_vae_synthfaces_active.yaml", "cycle_vae_synthfaces.yaml", {"active_units": 0.01}),
+    ("cycle_vae_synthfaces_pruned.yaml", "cycle_vae_synthfaces.yaml", {"prune": 0.25, "prune_start": 0.25}),
 ])
 def test_configs(name, base_name, differs, ds, digits):
     cfg, base = load_config(CONFIGS / name), load_config(CONFIGS / base_name)
@@ -460,6 +461,78 @@ def test_active_units_zero_the_inactive_z_units_in_encode(tmp_path, ds):
     torch.testing.assert_close(model.encode(x)["rest"], mu)
     model.z_active.second.copy_(model.z_active.mean.pow(2))   # no unit varies: z is the prior mean
     assert model.encode(x)["rest"].abs().sum() == 0
+
+
+def test_relative_active_units_judge_the_mean_against_the_posterior_noise():
+    from facefactors.nn.active_units import ActiveUnits
+
+    torch.manual_seed(0)
+    au = ActiveUnits(3, threshold=0.25, momentum=0.1, relative=True)
+    scale = torch.tensor([0.05, 0.05, 1.0])            # spread of the means
+    logvar = torch.log(torch.tensor([0.001, 1.0, 1.0]))  # posterior variances: snr 2.5, 0.0025, 1
+    for _ in range(200):
+        au.update(torch.randn(64, 3) * scale, logvar.expand(64, 3))
+    torch.testing.assert_close(au.snr(), scale ** 2 / logvar.exp(), rtol=0.2, atol=1e-3)
+    assert au.mask().tolist() == [1.0, 0.0, 1.0]       # the same small spread: busy on little noise only
+    with pytest.raises(ValueError, match="log-variances"):
+        au.update(torch.randn(4, 3))
+    with pytest.raises(ValueError, match="relative"):
+        ActiveUnits(3).snr()
+
+
+def test_prune_masks_z_in_training_decodes_and_encode_after_its_start(tmp_path, ds):
+    from facefactors.runs import load_run
+
+    Trainer(cv_config(steps=4, prune=0.5, prune_start=0.5), tmp_path / "r", dataset=ds, log=lambda m: None).fit()
+    model = load_run(tmp_path / "r").model.eval()
+    assert bool(model.pruning) and model.z_active.relative and "z_active.noise" in model.state_dict()
+    x = ds.batch(range(8)).image
+    mu, _, s = model.posterior(x)
+    model.z_active.noise.fill_(1.0)
+    model.z_active.second.copy_(model.z_active.mean.pow(2) + torch.tensor([1.0, 0, 1.0, 0, 0]))  # units 0, 2 busy
+    keep = torch.tensor([1.0, 0, 1.0, 0, 0])
+    z = model.encode(x)
+    torch.testing.assert_close(z["rest"], mu * keep)
+    poked = z.replace(rest=z["rest"] + (1 - keep) * 5.0)     # a pruned unit's value never reaches the decoder
+    torch.testing.assert_close(model.decode(poked), model.decode(z))
+    model.pruning.fill_(False)                               # before the start nothing is masked
+    torch.testing.assert_close(model.encode(x)["rest"], mu)
+    assert not torch.allclose(model.decode(poked), model.decode(z))
+    with pytest.raises(FacefactorsError, match="set one of them"):
+        build_model(cv_config(prune=0.5, active_units=0.01), ds)
+    with pytest.raises(FacefactorsError, match="prune_start"):
+        build_model(cv_config(prune=0.5, prune_start=1.0), ds)
+
+
+def test_prune_in_training_sends_no_decoder_gradient_through_pruned_units(ds):
+    model = build_model(cv_config(prune=0.5, prune_start=0.0), ds).train()
+    model.bind_dataset(ds, seed=0)
+    model.pruning.fill_(True)
+    model.z_active.seen.fill_(10)                            # stats: only unit 0 is busy
+    model.z_active.second.copy_(torch.tensor([1.0, 0, 0, 0, 0]))
+    model.z_active.noise.fill_(1.0)
+    batch = ds.batch(range(16))
+    model.z_active.update = lambda mu, logvar: None          # keep the stats fixed for this step
+    group, terms = next(iter(model.train_step(batch, step=5, total_steps=10)))
+    assert group == "autoencoder"
+    w = model.decoder.fc[0].weight                           # the first layer's columns for z's units
+    grad = torch.autograd.grad(terms["rec"], w)[0]
+    assert grad[:, 0].abs().sum() > 0 and grad[:, 1:model.z_dim].abs().sum() == 0
+
+
+def test_prune_leaves_pruned_units_out_of_the_dependence_terms(ds):
+    model = build_model(cv_config(prune=0.5, moments=1.0, kernel=1.0, kernel_unbiased=True), ds).train()
+    model.bind_dataset(ds, seed=0)
+    model.pruning.fill_(True)
+    model.z_active.seen.fill_(10)                            # stats: units 0 and 1 busy
+    model.z_active.second.copy_(torch.tensor([1.0, 1.0, 0, 0, 0]))
+    model.z_active.noise.fill_(1.0)
+    model.z_active.update = lambda mu, logvar: None
+    _, terms = next(iter(model.train_step(ds.batch(range(16)), step=5, total_steps=10)))
+    w = model.encoder.head.weight                            # rows 0..4: z's means
+    for name in ("moments", "kernel"):
+        grad = torch.autograd.grad(terms[name], w, retain_graph=True)[0]
+        assert grad[:2].abs().sum() > 0 and grad[2:model.z_dim].abs().sum() == 0, name
 
 
 def test_vae_units_bands_partition_z_and_decode_from_each(tmp_path, ds):

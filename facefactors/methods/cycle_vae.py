@@ -64,6 +64,18 @@ learns for s. On digits it took some of the digit out of z for a linear probe (0
 the z network's own style features differ by class. On SynthFaces (30 minutes) z held more identity
 than with the shared trunk, 0.39 / 0.42 against 0.31 / 0.35, at fewer steps (BENCHMARKS.md).
 
+``prune`` > 0 (not in the paper or the report) takes the same mask into training, with the unit's
+signal-to-noise ratio as the criterion (``ActiveUnits(relative=True)``: the variance of its mean
+over the data over its mean posterior variance). After the first ``prune_start`` of training,
+units under ``prune`` are set to the prior mean 0 wherever z enters the decoder (both cycles,
+``decode``, samples) and in ``encode``. A pruned unit then gets no gradient but the KL's, which
+pulls it to the prior, so it stays pruned; the decoder learns to do without it. ``active_units``
+only hides units from ``encode``, and Burda's threshold on the raw variance keeps the units whose
+means vary by 0.1-0.5 of their noise: those hold the identity a probe reads in z and give the
+decoder 0.14 dB (BENCHMARKS.md, "where z keeps identity"). Once pruning has started, ``moments``
+and ``kernel`` measure the unpruned units only: scale-blind measures on near-collapsed units are
+what made their gradients outweigh reconstruction.
+
 Pairs: with the dataset bound (``bind_dataset``, which the trainer calls before training) partners
 come from the train split through ``PairSampler``, seeded by (seed, step); otherwise from within
 the batch (``in_batch_partners``; an image without a same-class partner is paired with itself).
@@ -131,6 +143,8 @@ class CycleVAEParams(MethodParams):
     latent_cycle: float = 0.0           # not in the paper: Dec(z_i, s_j), j of another class, re-encoded gives z_i back
     latent_cycle_s: float = 0.0         # ... and gives s_j back
     split_encoder: bool = False         # not in the paper: s and z from separate networks, no shared trunk
+    prune: float = 0.0                  # >0: z's units under this signal-to-noise ratio are pruned in training (not in the paper)
+    prune_start: float = 0.25           # fraction of training before pruning starts
 
 
 class OfficialEncoder(nn.Module):
@@ -241,7 +255,14 @@ class CycleVAE(Method):
                         else make_encoder(self.z_dim, self.s_dim))
         self.discriminator = (ConvDiscriminator(setup.image_size, 2 * setup.channels, p.dis_width or setup.width)
                               if p.adv > 0 else None)
-        self.z_active = ActiveUnits(self.z_dim, p.active_units) if p.active_units > 0 else None
+        if p.prune < 0 or not 0.0 <= p.prune_start < 1.0:
+            raise ValueError(f"method.prune={p.prune!r} must be >= 0 and method.prune_start={p.prune_start!r} in [0, 1)")
+        if p.prune > 0 and p.active_units > 0:
+            raise ValueError("method.prune and method.active_units both choose z's units; set one of them")
+        self.z_active = (ActiveUnits(self.z_dim, p.prune, relative=True) if p.prune > 0
+                         else ActiveUnits(self.z_dim, p.active_units) if p.active_units > 0 else None)
+        if p.prune > 0:  # whether the mask is applied yet (a buffer: a resumed run and a loaded model agree)
+            self.register_buffer("pruning", torch.zeros((), dtype=torch.bool))
         self._pairs: PairSampler | None = None
         self._images: torch.Tensor | None = None
 
@@ -266,14 +287,23 @@ class CycleVAE(Method):
         """z's mean and log-variance (every unit, whatever ``active_units`` says), and s."""
         return self._split(self.encoder(x))
 
+    def _masked(self, z: torch.Tensor, decoding: bool) -> torch.Tensor:
+        """z with its inactive units at the prior mean 0: in ``encode`` with ``active_units``,
+        everywhere (encode and every decode) once ``prune`` has started."""
+        if self.z_active is None or (self.params.prune > 0 and not bool(self.pruning)) \
+                or (decoding and self.params.prune <= 0):
+            return z
+        return z * self.z_active.mask().to(z.dtype)
+
     def encode(self, x: torch.Tensor) -> Latent:
         mu, _, s = self.posterior(x)
-        if self.z_active is not None:
-            mu = mu * self.z_active.mask().to(mu.dtype)
-        return Latent({self.attr: s, "rest": mu})
+        return Latent({self.attr: s, "rest": self._masked(mu, decoding=False)})
+
+    def _decoder_input(self, z: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self._masked(z, decoding=True), s], dim=1)
 
     def decode(self, z: Latent) -> torch.Tensor:
-        return self.decoder(torch.cat([z["rest"], z[self.attr]], dim=1))
+        return self.decoder(self._decoder_input(z["rest"], z[self.attr]))
 
     def sample(self, part: str, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         if part != "rest":
@@ -321,7 +351,7 @@ class CycleVAE(Method):
             z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
             s_swapped = torch.cat([s[b:], s[:b]])
             x_pair = torch.cat([x1, x2])
-            x_hat = self.decoder(torch.cat([z, s_swapped], dim=1))
+            x_hat = self.decoder(self._decoder_input(z, s_swapped))
             s1 = s[:b]
         else:
             perm, _ = in_batch_partners(y)
@@ -329,11 +359,13 @@ class CycleVAE(Method):
             mu, logvar, s = self._split(self.encoder(x1))
             z = mu + torch.randn_like(mu) * (0.5 * logvar).exp()
             x_pair = x1
-            x_hat = self.decoder(torch.cat([z, s[perm]], dim=1))
+            x_hat = self.decoder(self._decoder_input(z, s[perm]))
             s1 = s
 
         if self.z_active is not None:
-            self.z_active.update(mu)
+            self.z_active.update(mu, logvar)
+            if p.prune > 0 and not bool(self.pruning) and step >= p.prune_start * total_steps:
+                self.pruning.fill_(True)   # from the next decode on; the decodes of this step are made
         out: dict[str, torch.Tensor] = {}
         if p.rec > 0:
             out["rec"] = p.rec * reconstruction_loss(p.rec_loss, x_hat, x_pair)
@@ -345,15 +377,17 @@ class CycleVAE(Method):
             dep_in = z
         elif p.dependence_input == "scaled":
             dep_w = mu.detach().float().std(0).mean() / (0.5 * logvar.detach().float()).exp().mean()
-        if p.moments > 0:
+        if p.prune > 0 and bool(self.pruning):  # the units the decoder gets: pruned ones are constant 0
+            dep_in = dep_in[:, self.z_active.mask() > 0]
+        if p.moments > 0 and dep_in.shape[1]:
             out["moments"] = p.moments * dep_w * label_dependence(dep_in, y_pair, self.num_classes)
-        if p.kernel > 0:
+        if p.kernel > 0 and dep_in.shape[1]:
             dep = dep_w * label_kernel_dependence(dep_in, y_pair, self.num_classes, unbiased=p.kernel_unbiased)
             out["kernel"] = p.kernel * (dep.clamp_min(0) if p.kernel_unbiased else dep)
         if p.latent_cycle > 0 or p.latent_cycle_s > 0:
             other, _ = in_batch_partners(y, different=True)
             z_i, s_j = mu[:b], s1[other]
-            mu_t, _, s_t = self._split(self.encoder(self.decoder(torch.cat([z_i, s_j], dim=1))))
+            mu_t, _, s_t = self._split(self.encoder(self.decoder(self._decoder_input(z_i, s_j))))
             if p.latent_cycle > 0:
                 out["latent_cycle"] = p.latent_cycle * code_cycle_error({"rest": mu_t}, {"rest": z_i})
             if p.latent_cycle_s > 0:
@@ -363,7 +397,7 @@ class CycleVAE(Method):
         if self.discriminator is not None:
             z_prior = torch.randn(b, self.z_dim, device=x1.device, dtype=mu.dtype)
             s_in = s1.detach() if p.adv_target == "decoder" else s1
-            fake = self.decoder(torch.cat([z_prior, s_in], dim=1))
+            fake = self.decoder(self._decoder_input(z_prior, s_in))
             d = self.discriminator
             yield "discriminator", {"dis": (F.softplus(-d(torch.cat([x1, x2], 1))).mean()
                                             + F.softplus(d(torch.cat([x1, fake.detach()], 1))).mean()) / 2.0}
@@ -385,7 +419,7 @@ class CycleVAE(Method):
             mu_r, s_r = torch.cat([mu1, mu1[perm_d]]), torch.cat([s1r, s1r[perm_d]])
             x_real = torch.cat([x1, x1[perm_d]])
         z_i = torch.randn(b, self.z_dim, device=x1.device, dtype=s_r.dtype)
-        x_gen = frozen_forward(self.decoder, torch.cat([torch.cat([z_i, z_i]), s_r], dim=1))
+        x_gen = frozen_forward(self.decoder, self._decoder_input(torch.cat([z_i, z_i]), s_r))
         mu_g, lv_g, s_g = self._split(self.encoder(x_gen))
         rev: dict[str, torch.Tensor] = {}
         if p.reverse > 0:
@@ -394,6 +428,6 @@ class CycleVAE(Method):
             else:
                 rev["reverse"] = p.reverse * gaussian_w2(mu_g[:b], lv_g[:b], mu_g[b:], lv_g[b:])
         if p.reverse_rec > 0:
-            x_back = self.decoder(torch.cat([mu_r, s_g], dim=1))
+            x_back = self.decoder(self._decoder_input(mu_r, s_g))
             rev["reverse_rec"] = p.reverse_rec * reconstruction_loss(p.rec_loss, x_back, x_real)
         yield "reverse", rev
