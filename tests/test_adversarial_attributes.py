@@ -637,6 +637,15 @@ def test_polish_keeps_the_decoder_terms_and_trains_only_the_decoder(tmp_path):
     b, _ = read_checkpoint(list_checkpoints(tmp_path / "m")[-1])
     changed = {k for k in b if k.startswith("model/") and not torch.equal(a[k], b[k])}
     assert changed and all(k.startswith("model/decoder.") for k in changed), sorted(changed)[:3]
+    raw["train"]["polish"] = {"steps": 1}
+    raw["method"]["polish_terms"] = ["rec", "carry_rec"]      # a subset of the decoder terms
+    Trainer(build_dataclass(RunConfig, raw), tmp_path / "s", dataset=faces, log=lambda m: None).fit()
+    log = [json.loads(line) for line in (tmp_path / "s" / "log.jsonl").read_text().splitlines()]
+    assert {k for k in log[-1] if k.startswith("polish/")} == {"polish/rec", "polish/carry_rec"}
+    for bad in (["rec", "critic"], ["hybrid"]):
+        raw["method"]["polish_terms"] = bad
+        with pytest.raises(FacefactorsError, match="polish_terms"):
+            build_model(build_dataclass(RunConfig, raw), faces)
 
 
 def test_adversary_readback_scores_the_runs_own_adversaries_beside_a_fresh_probe(tmp_path):

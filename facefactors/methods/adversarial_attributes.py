@@ -129,6 +129,10 @@ from facefactors.nn.losses import (class_means, code_cycle_error, code_kernel, l
 from facefactors.nn.whitening import RunningWhitening
 
 
+# the main phase's decoder terms that the polish phase can keep (each only where its weight is on)
+POLISH_TERMS = ("rec", "hybrid", "carry_rec", "pair_swap")
+
+
 @dataclass
 class AdversarialAttributesParams(MethodParams):
     lr: float = 1e-4                      # encoders + decoder (official: Adam 1e-4, beta1 0.5)
@@ -178,6 +182,7 @@ class AdversarialAttributesParams(MethodParams):
     kernel_within: float = 0.0            # kernel dependence of each attribute part's within-class residual (not in the paper)
     within_memory: int = 256              # past residuals (detached) those terms also see
     within_momentum: float = 0.05         # update rate of the running class centres the residuals are taken from
+    polish_terms: tuple[str, ...] = POLISH_TERMS  # the decoder terms train.polish trains on (rec always)
 
 
 def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -233,6 +238,10 @@ class AdversarialAttributes(Method):
             if getattr(p, key) > 0 and p.identity_pairs <= 0:
                 raise ValueError(f"{key} needs identity_pairs > 0: a batch alone rarely holds two faces of one identity")
         self.attributes = [a.name for a in setup.attributes]
+        unknown = [t for t in p.polish_terms if t not in POLISH_TERMS]
+        if unknown or "rec" not in p.polish_terms:
+            raise ValueError(f"method.polish_terms={list(p.polish_terms)!r}: name 'rec' and any of "
+                             f"{', '.join(POLISH_TERMS[1:])}")
         if p.kl_parts:
             unknown = [n for n in p.kl_parts if n not in self.attributes + ["rest"]]
             if unknown:
@@ -449,20 +458,21 @@ class AdversarialAttributes(Method):
         """The polish phase (``train.polish``): the main phase's decoder terms on the frozen
         encoders' means, with their weights: reconstruction, the shuffled hybrids' labels read by
         the frozen classifiers (``hybrid``), the carried labels of reconstructions (``carry_rec``)
-        and the same-identity swaps (``pair_swap``); not the critic. Reconstruction alone raised
-        PSNR but let transfers show the donor's expression intensity less (BENCHMARKS.md)."""
+        and the same-identity swaps (``pair_swap``); not the critic. ``polish_terms`` keeps a
+        subset. Reconstruction alone raised PSNR but let transfers show the donor's expression
+        intensity less (BENCHMARKS.md)."""
         p = self.params
         x, labels = batch.image, batch.labels
         with torch.no_grad():
             z = self.encode(x)
         x_rec = self.decode(z)
         out = {"rec": p.rec * reconstruction_loss(p.rec_loss, x_rec, x)}
-        if p.hybrid > 0:
+        if p.hybrid > 0 and "hybrid" in p.polish_terms:
             _, perms, x_mix = self._hybrids(z)
             out["hybrid"] = p.hybrid * self._hybrid_loss(x_mix, labels, perms)
-        if self.carry:
+        if self.carry and "carry_rec" in p.polish_terms:
             out["carry_rec"] = self._carry_rec_loss(x_rec, labels)
-        if p.pair_swap > 0 and self._partners is not None:
+        if p.pair_swap > 0 and self._partners is not None and "pair_swap" in p.polish_terms:
             xp, _ = self.partners(batch, step)
             with torch.no_grad():
                 partner_identity = self._encoder("identity", xp)[:, :p.code_channels]
