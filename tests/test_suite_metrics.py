@@ -177,6 +177,16 @@ def test_tsne_of_a_scalar_part(tmp_path):
     assert [p.name for p in figs.values()] == ["tsne_switch.png"]
 
 
+def test_tsne_skips_a_collapsed_part(tmp_path):
+    # Every code the same (a fully pruned VAE code): sklearn's Barnes-Hut tree crashed the process on it.
+    arrays = _arrays(120, 2)
+    arrays["part/empty"] = np.zeros((120, 16))
+    notes = []
+    figs = tsne_figures(arrays, ATTRS, tmp_path, parts=["empty", "a"], log=notes.append)
+    assert [p.name for p in figs.values()] == ["tsne_a.png"]
+    assert any("skipped for part 'empty'" in n for n in notes)
+
+
 # --------------------------------------------------------------------------- the suite in evaluate
 class PriorShapes(ShapesOracle):
     """ShapesOracle with a prior over the shape part and its own colour classifier."""

@@ -100,9 +100,14 @@ def tsne_figures(test: Mapping[str, np.ndarray], attributes: Mapping[str, Attrib
     colours = {a: (np.asarray(test[f"label/{a}"])[idx], s) for a, s in attributes.items() if f"label/{a}" in test}
     out: dict[str, Path] = {}
     for p in parts:
+        x = np.asarray(test[f"part/{p}"])[idx]
+        if not np.ptp(x.reshape(len(x), -1), axis=0).any():  # a collapsed part: sklearn's tree code crashes on it
+            if log:
+                log(f"  t-SNE skipped for part {p!r}: every code is the same")
+            continue
         if log:
             log(f"  figure: t-SNE of part {p!r} ({len(idx)} points)")
-        xy = embed(np.asarray(test[f"part/{p}"])[idx], seed)
+        xy = embed(x, seed)
         path = Path(out_dir) / f"tsne_{re.sub(r'[^A-Za-z0-9_.-]', '_', p)}.png"
         save_figure(path, tsne_figure(xy, colours, f"t-SNE of part {p!r}, coloured by attribute"))
         out[f"t-SNE of part {p} (test codes; one panel per attribute)"] = path
