@@ -374,6 +374,27 @@ def test_bf16_config_is_the_polish_config_in_bf16_with_the_main_phase_restored()
     assert cfg.train.time_budget_min == 30
 
 
+def test_pairs_config_weighs_named_pairs_and_polishes_on_reconstruction_and_carry():
+    from pathlib import Path
+
+    from facefactors.config import load_config
+    from facefactors.data import make_dataset
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    cfg = load_config(configs / "adversarial_attributes_synthfaces_pairs.yaml")
+    bf16 = load_config(configs / "adversarial_attributes_synthfaces_bf16.yaml")
+    assert (cfg.data, cfg.model) == (bf16.data, bf16.model)
+    changed = {k for k in cfg.method if cfg.method[k] != bf16.method.get(k)}
+    assert changed == {"carry_weight", "adversary_weights", "polish_terms"}
+    assert cfg.train.steps == 4200 and cfg.train.polish.steps == 2000 and cfg.train.time_budget_min == 30
+    small = cfg.to_dict()                  # every named pair is a confusion pair of the model
+    small["model"]["width"] = 8
+    small["data"] = {"name": "synthfaces", "size": 64, "n": 64, "n_identities": 8, "seed": 0}
+    model = build_model(build_dataclass(RunConfig, small), make_dataset(small["data"]))
+    pairs = {f"{q}:{a}" for q, a in model.confusion_pairs}
+    assert set(cfg.method["adversary_weights"]) <= pairs and len(pairs) == 24
+
+
 def test_codes_are_fp32_under_bf16_autocast_and_match_fp32():
     """The encoders run in fp32 under bf16 autocast: the adversaries and dependence terms judge
     finer variations in the codes than bf16 keeps. The decoder still autocasts."""
