@@ -393,6 +393,7 @@ def test_sampling_runs_on_the_method(ds):
      {"kernel": 1.0, "kernel_unbiased": True}),
     ("cycle_vae_synthfaces_expression.yaml", "cycle_vae_synthfaces.yaml", {}),
     ("cycle_vae_synthfaces_active.yaml", "cycle_vae_synthfaces.yaml", {"active_units": 0.01}),
+    ("cycle_vae_digits_pruned.yaml", "cycle_vae_digits.yaml", {"prune": 0.25, "prune_start": 0.25}),
     ("cycle_vae_synthfaces_pruned.yaml", "cycle_vae_synthfaces.yaml", {"prune": 0.25, "prune_start": 0.25}),
 ])
 def test_configs(name, base_name, differs, ds, digits):
