@@ -290,10 +290,10 @@ class CycleVAE(Method):
     def _masked(self, z: torch.Tensor, decoding: bool) -> torch.Tensor:
         """z with its inactive units at the prior mean 0: in ``encode`` with ``active_units``,
         everywhere (encode and every decode) once ``prune`` has started."""
-        if self.z_active is None or (self.params.prune > 0 and not bool(self.pruning)) \
-                or (decoding and self.params.prune <= 0):
+        if self.z_active is None:
             return z
-        return z * self.z_active.mask().to(z.dtype)
+        apply = bool(self.pruning) if self.params.prune > 0 else not decoding
+        return z * self.z_active.mask().to(z.dtype) if apply else z
 
     def encode(self, x: torch.Tensor) -> Latent:
         mu, _, s = self.posterior(x)
