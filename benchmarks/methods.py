@@ -42,7 +42,7 @@ COLUMNS = (("images_per_s", "images/s"), ("psnr", "PSNR (dB)"), ("leak/linear", 
 HEADLINE_CONFIGS = {
     "compact_embeddings": "compact_embeddings_synthfaces_J.yaml",               # J: the paper's preferred mode
     "adversarial_attributes": "adversarial_attributes_synthfaces_carry.yaml",   # the demo's settings
-    "cycle_vae": "cycle_vae_synthfaces_active.yaml",                            # z's inactive units at the prior mean
+    "cycle_vae": "cycle_vae_synthfaces_pruned.yaml",                            # z's low-SNR units pruned in training
 }
 RESULT_NAMES = {"autoencoder_synthfaces": "ae_baseline"}
 
