@@ -395,6 +395,32 @@ def test_pairs_config_weighs_named_pairs_and_polishes_on_reconstruction_and_carr
     assert set(cfg.method["adversary_weights"]) <= pairs and len(pairs) == 24
 
 
+def test_weighted_config_charges_every_pair_harder_and_identity_illumination_most():
+    """The config that met every line of issue 3: the bf16 config with the uniform term x4, identity ->
+    illumination x12 and rest -> illumination x3 within it, carry 3 and the rec + carry polish."""
+    from pathlib import Path
+
+    from facefactors.config import load_config
+    from facefactors.data import make_dataset
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    cfg = load_config(configs / "adversarial_attributes_synthfaces_weighted.yaml")
+    bf16 = load_config(configs / "adversarial_attributes_synthfaces_bf16.yaml")
+    assert (cfg.data, cfg.model, cfg.seed) == (bf16.data, bf16.model, bf16.seed)
+    changed = {k for k in cfg.method if cfg.method[k] != bf16.method.get(k)}
+    assert changed == {"adversary", "adversary_weights", "carry_weight", "polish_terms"}
+    assert cfg.method["adversary"] == 4.0 and cfg.method["carry_weight"] == 3.0
+    assert cfg.method["adversary_weights"] == {"identity:illumination": 12, "rest:illumination": 3}
+    assert list(cfg.method["polish_terms"]) == ["rec", "carry_rec"]
+    assert cfg.train.steps == 4200 and cfg.train.polish.steps == 2000 and cfg.train.polish.lr == 2e-4
+    assert cfg.train.time_budget_min == 30 and cfg.train.precision == "bf16"
+    small = cfg.to_dict()                  # the named pairs are confusion pairs of the model
+    small["model"]["width"] = 8
+    small["data"] = {"name": "synthfaces", "size": 64, "n": 64, "n_identities": 8, "seed": 0}
+    model = build_model(build_dataclass(RunConfig, small), make_dataset(small["data"]))
+    assert set(cfg.method["adversary_weights"]) <= {f"{q}:{a}" for q, a in model.confusion_pairs}
+
+
 def test_codes_are_fp32_under_bf16_autocast_and_match_fp32():
     """The encoders run in fp32 under bf16 autocast: the adversaries and dependence terms judge
     finer variations in the codes than bf16 keeps. The decoder still autocasts."""
