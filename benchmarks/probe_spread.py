@@ -8,7 +8,8 @@ train and test codes. Two runs that differ in one figure by 0.2 may differ in th
 that one fit. For each run this re-encodes the evaluation's own draw (the same weights and subsample
 as ``facefactors evaluate``), then scores each pair
 - with probe seeds 0..K-1 on those codes (the fit's spread; seed 0 is the matrix's figure), and
-- with draw seeds 1..K-1 (another subsample of train and test codes each, probe seed 0).
+- with draw seeds 1..K-1 (another subsample of train and test codes each, probe seed 0). Where a split
+  is no larger than ``eval.max_train`` / ``eval.max_test``, every draw is the whole split, so this column does not vary.
 Prints a markdown table of normalized leakage: the matrix's figure, then mean, sd, min and max.
 """
 from __future__ import annotations
