@@ -19,16 +19,14 @@ import argparse
 import numpy as np
 
 from facefactors.config import build_dataclass
-from facefactors.eval.evaluate import EvalConfig, _subsample
+from facefactors.eval.evaluate import EvalConfig, evaluation_draw
 from facefactors.eval.latents import encode_split
 from facefactors.eval.probes import probe_score
 from facefactors.runs import load_run
 
 
 def _codes(model, ds, cfg: EvalConfig, draw: int):
-    rng = np.random.default_rng(draw)
-    train_idx = _subsample(np.asarray(ds.split("train")), cfg.max_train, rng)
-    test_idx = _subsample(np.asarray(ds.split("test")), cfg.max_test, rng)
+    train_idx, test_idx = evaluation_draw(ds, cfg, draw)
     return encode_split(model, ds, train_idx, cfg.batch_size), encode_split(model, ds, test_idx, cfg.batch_size)
 
 
@@ -37,19 +35,21 @@ def spread(run_dir: str, pairs: list[tuple[str, str]], probe: str = "mlp", seeds
     run = load_run(run_dir)
     cfg = build_dataclass(EvalConfig, dict(run.config.eval), "eval")
     model, ds = run.model.eval(), run.dataset
-    draws = {cfg.seed: _codes(model, ds, cfg, cfg.seed)}
-    for d in range(1, seeds):
-        draws[cfg.seed + d] = _codes(model, ds, cfg, cfg.seed + d)
+    draws = [_codes(model, ds, cfg, cfg.seed + d) for d in range(seeds)]   # draws[0]: the evaluation's own
+    train, _ = draws[0]
+    for q, a in pairs:
+        if f"part/{q}" not in train or f"label/{a}" not in train:
+            raise SystemExit(f"{run_dir}: no part {q!r} or no label {a!r}")
+
+    def score(codes, q: str, a: str, seed: int) -> float:
+        train, test = codes
+        return probe_score(probe, train[f"part/{q}"], train[f"label/{a}"], test[f"part/{q}"], test[f"label/{a}"],
+                           hidden=cfg.mlp_hidden, seed=seed)["normalized"]
+
     rows = []
     for q, a in pairs:
-        def score(codes, seed):
-            train, test = codes
-            if f"part/{q}" not in train or f"label/{a}" not in train:
-                raise SystemExit(f"{run_dir}: no part {q!r} or no label {a!r}")
-            return probe_score(probe, train[f"part/{q}"], train[f"label/{a}"], test[f"part/{q}"], test[f"label/{a}"],
-                               hidden=cfg.mlp_hidden, seed=seed)["normalized"]
-        fits = [score(draws[cfg.seed], cfg.seed + s) for s in range(seeds)]
-        other = [fits[0]] + [score(draws[cfg.seed + d], cfg.seed) for d in range(1, seeds)]
+        fits = [score(draws[0], q, a, cfg.seed + s) for s in range(seeds)]
+        other = [fits[0]] + [score(codes, q, a, cfg.seed) for codes in draws[1:]]
         rows.append({"run": run_dir, "pair": f"{q} -> {a}", "matrix": fits[0], "probe_seeds": fits, "draws": other})
     return rows
 

@@ -91,6 +91,17 @@ def _subsample(indices: np.ndarray, n: int, rng: np.random.Generator) -> np.ndar
     return np.sort(rng.choice(indices, size=n, replace=False))
 
 
+def evaluation_draw(ds: ImageDataset, cfg: EvalConfig, seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """The train and test images whose codes the probes see: seeded subsamples of at most
+    ``cfg.max_train`` / ``cfg.max_test`` (seed ``cfg.seed`` unless given, which is the evaluation's own)."""
+    rng = np.random.default_rng(cfg.seed if seed is None else seed)
+    train_all = np.asarray(ds.split("train"), dtype=np.int64)
+    test_all = np.asarray(ds.split("test"), dtype=np.int64)
+    if len(train_all) == 0 or len(test_all) == 0:
+        raise FacefactorsError(f"dataset {ds.name!r} needs non-empty train and test splits to evaluate")
+    return _subsample(train_all, cfg.max_train, rng), _subsample(test_all, cfg.max_test, rng)
+
+
 def _safe_name(part: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", part)
 
@@ -448,13 +459,9 @@ def evaluate(model, ds: ImageDataset, out_dir, cfg: EvalConfig | None = None, de
     out_dir = Path(out_dir)
     fig_dir = out_dir / "figures"
     t_start = time.perf_counter()
-    rng = np.random.default_rng(cfg.seed)
     train_all = np.asarray(ds.split("train"), dtype=np.int64)
     test_all = np.asarray(ds.split("test"), dtype=np.int64)
-    if len(train_all) == 0 or len(test_all) == 0:
-        raise FacefactorsError(f"dataset {ds.name!r} needs non-empty train and test splits to evaluate")
-    train_idx = _subsample(train_all, cfg.max_train, rng)
-    test_idx = _subsample(test_all, cfg.max_test, rng)
+    train_idx, test_idx = evaluation_draw(ds, cfg)
 
     log(f"evaluate: encoding {len(train_idx)} train and {len(test_idx)} test images of {ds.name!r}")
     t0 = time.perf_counter()
