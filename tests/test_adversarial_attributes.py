@@ -421,6 +421,47 @@ def test_weighted_config_charges_every_pair_harder_and_identity_illumination_mos
     assert set(cfg.method["adversary_weights"]) <= {f"{q}:{a}" for q, a in model.confusion_pairs}
 
 
+def test_flip_invariant_parts_code_an_image_and_its_mirror_alike():
+    """A part in ``flip_invariant`` is the mean of its encoder over the image and its mirror: the
+    mirror gets the same code (in training too, where BatchNorm sees both halves), the other parts
+    still tell the two apart, and the variational bottleneck's sample is drawn around that mean."""
+    ds = blobs_dataset()
+    torch.manual_seed(0)
+    model = build_model(aa_config(flip_invariant=["colour"], kl=0.1), ds)
+    x = ds.batch(range(8)).image
+    for mode in (model.eval, model.train):
+        mode()
+        with torch.no_grad():
+            z, z_mirror = model.encode(x), model.encode(x.flip(3))
+        torch.testing.assert_close(z["colour"], z_mirror["colour"], rtol=1e-5, atol=1e-5)
+        assert (z["place"] - z_mirror["place"]).abs().max() > 1e-3
+        assert (z["rest"] - z_mirror["rest"]).abs().max() > 1e-3
+    model.eval()
+    with torch.no_grad():
+        h = model.encoders["colour"](torch.cat([x, x.flip(3)]))
+        torch.testing.assert_close(model.encode(x)["colour"], 0.5 * (h[:8, :4] + h[8:, :4]))
+        mu, _, _ = model.encode_stochastic(x)
+    torch.testing.assert_close(mu["colour"], model.encode(x)["colour"])
+    model.train()
+    out = dict(model.train_step(ds.batch(range(8)), 50, 100))["autoencoder"]
+    assert all(torch.isfinite(v).all() for v in out.values())
+    with pytest.raises(FacefactorsError, match="'glasses', which is not a part"):
+        build_model(aa_config(flip_invariant=["glasses"]), ds)
+
+
+def test_flip_config_is_the_weighted_config_with_a_mirror_invariant_identity_part():
+    from pathlib import Path
+
+    from facefactors.config import load_config
+
+    configs = Path(__file__).resolve().parent.parent / "configs"
+    cfg = load_config(configs / "adversarial_attributes_synthfaces_flip.yaml")
+    weighted = load_config(configs / "adversarial_attributes_synthfaces_weighted.yaml")
+    assert (cfg.data, cfg.model, cfg.seed, cfg.train) == (weighted.data, weighted.model, weighted.seed, weighted.train)
+    changed = {k for k in cfg.method if cfg.method[k] != weighted.method.get(k)}
+    assert changed == {"flip_invariant"} and list(cfg.method["flip_invariant"]) == ["identity"]
+
+
 def test_codes_are_fp32_under_bf16_autocast_and_match_fp32():
     """The encoders run in fp32 under bf16 autocast: the adversaries and dependence terms judge
     finer variations in the codes than bf16 keeps. The decoder still autocasts."""

@@ -102,6 +102,12 @@ paper's ablations are configs. Additions, all off by default (so the defaults ar
   around the class centres as nothing (about 0.001); on the residual it reads about 0.02,
   clearly above its null from a few hundred codes. In a 30-minute run the encoder satisfied the
   term but a fresh MLP probe read the lighting as before (BENCHMARKS.md).
+- ``flip_invariant``: parts encoded as the mean of their encoder over the image and its left-right
+  mirror (one pass over both), so a part is the same for a face and its mirror by construction. For
+  an attribute whose classes are mirror-symmetric (a face's identity) it loses nothing and cannot
+  tell light from the left from light from the right, nor a head turned one way from the other:
+  averaging a trained identity encoder this way after training removed the left/right share of its
+  lighting leak (BENCHMARKS.md). Not for attributes that a mirror changes (digits, handedness).
 """
 from __future__ import annotations
 
@@ -183,6 +189,7 @@ class AdversarialAttributesParams(MethodParams):
     within_memory: int = 256              # past residuals (detached) those terms also see
     within_momentum: float = 0.05         # update rate of the running class centres the residuals are taken from
     polish_terms: tuple[str, ...] = POLISH_TERMS  # the decoder terms train.polish trains on (rec always)
+    flip_invariant: tuple[str, ...] = ()  # parts encoded as the mean over the image and its mirror (not in the paper)
 
 
 def uniform_cross_entropy(logits: torch.Tensor) -> torch.Tensor:
@@ -284,6 +291,9 @@ class AdversarialAttributes(Method):
         bad = [n for n, w in p.part_widths.items() if not isinstance(w, int) or w <= 0]
         if bad:
             raise ValueError(f"method.part_widths.{bad[0]}={p.part_widths[bad[0]]!r} must be a positive integer")
+        unknown = [n for n in p.flip_invariant if n not in parts]
+        if unknown:
+            raise ValueError(f"method.flip_invariant names {unknown[0]!r}, which is not a part; parts: {', '.join(parts)}")
         self.encoders = nn.ModuleDict({
             n: MapEncoder(setup.image_size, setup.channels, out_channels, p.code_size, self._width(n, setup.width),
                           setup.norm)
@@ -427,7 +437,11 @@ class AdversarialAttributes(Method):
         adversaries and dependence terms judge variations in the codes finer than bf16 rounds to
         (with bf16 codes the kernel term's gradient pointed 19 degrees off; BENCHMARKS.md)."""
         with torch.autocast(x.device.type, enabled=False):
-            return self.encoders[n](x.float())
+            x = x.float()
+            if n in self.params.flip_invariant:   # one pass over image and mirror (BatchNorm sees both)
+                h = self.encoders[n](torch.cat([x, x.flip(3)]))
+                return 0.5 * (h[:x.shape[0]] + h[x.shape[0]:])
+            return self.encoders[n](x)
 
     def encode(self, x: torch.Tensor) -> Latent:
         return Latent((n, self._encoder(n, x)[:, :self.params.code_channels]) for n in self.part_names)
