@@ -782,6 +782,48 @@ def test_probe_spread_refits_the_leakage_matrix_probe_with_other_seeds_and_draws
     assert row["matrix"] == row["probe_seeds"][0] == row["draws"][0] == matrix["mlp"]["identity"]["illumination"]["normalized"]
 
 
+def test_mirror_probe_refits_the_matrix_probe_on_mirror_averaged_codes(tmp_path):
+    from benchmarks.mirror_probe import MirrorAveraged, mirror_table
+    from facefactors.eval.evaluate import EvalConfig, evaluation_draw
+    from facefactors.eval.latents import encode_split
+    from facefactors.eval.probes import leakage_matrix
+    from facefactors.runs import load_run
+
+    data = {"name": "synthfaces", "size": 32, "n": 120, "n_identities": 6, "seed": 1}
+    raw = {"seed": 0, "data": data,
+           "model": {"method": "adversarial_attributes", "attributes": ["identity", "illumination"], "width": 8},
+           "method": {"code_channels": 4, "code_size": 4, "critic_width": 8, "res_blocks": 1},
+           "train": {"steps": 2, "batch_size": 8, "progress": False, "preview_every": 0},
+           "eval": {"max_train": 60, "max_test": 30, "mlp_hidden": 16}}
+    Trainer(build_dataclass(RunConfig, raw), tmp_path / "r", log=lambda m: None).fit()
+    run = load_run(tmp_path / "r")
+    model = run.model.eval()
+    x = run.dataset.batch(range(6)).image
+    mirrored = MirrorAveraged(model, ["identity"]).eval()
+    with torch.no_grad():
+        z, z_flip, z_model = mirrored.encode(x), mirrored.encode(x.flip(3)), model.encode(x)
+    torch.testing.assert_close(z["identity"], z_flip["identity"])
+    torch.testing.assert_close(z["illumination"], z_model["illumination"])
+    assert (z["identity"] - z_model["identity"]).abs().max() > 1e-4
+
+    res = mirror_table(str(tmp_path / "r"), "identity", ["illumination", "pose"], confusion=["illumination"])
+    assert [r["attribute"] for r in res["rows"]] == ["illumination", "pose"]
+    cfg = build_dataclass(EvalConfig, dict(run.config.eval), "eval")
+    train_idx, test_idx = evaluation_draw(run.dataset, cfg, cfg.seed)
+    train = encode_split(model, run.dataset, train_idx, cfg.batch_size)
+    test = encode_split(model, run.dataset, test_idx, cfg.batch_size)
+    matrix = leakage_matrix(train, test, run.dataset.attributes, ["identity"], ["mlp"], cfg.max_train, cfg.max_test,
+                            cfg.mlp_hidden, cfg.seed)
+    assert res["rows"][0]["plain"] == matrix["mlp"]["identity"]["illumination"]["normalized"]
+    classes, plain, mirror = res["confusion"]["illumination"]
+    assert plain.shape == mirror.shape == (len(classes), len(classes))
+    assert plain.sum() == mirror.sum() == len(test_idx)
+    with pytest.raises(SystemExit, match="no part 'glasses'"):
+        mirror_table(str(tmp_path / "r"), "glasses")
+    with pytest.raises(SystemExit, match="no labels for attribute 'colour'"):
+        mirror_table(str(tmp_path / "r"), "identity", ["colour"])
+
+
 def test_part_widths_set_named_encoders_widths():
     ds = blobs_dataset()
 

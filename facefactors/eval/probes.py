@@ -67,6 +67,16 @@ def _make_probe(kind: str, y: np.ndarray, hidden: int, seed: int):
     return make_pipeline(StandardScaler(), clf)
 
 
+def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, hidden: int = 256, seed: int = 0):
+    """One fresh probe (standardised input; ``kind`` linear or mlp) fitted on the train codes."""
+    probe = _make_probe(kind, y_train, hidden, seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        warnings.filterwarnings("ignore", category=RuntimeWarning)  # overflow in exp of badly scaled logits
+        probe.fit(x_train, y_train)
+    return probe
+
+
 def probe_score(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
                 y_test: np.ndarray, hidden: int = 256, seed: int = 0) -> dict[str, float]:
     """Fit one fresh probe and score it: ``{"accuracy", "chance", "normalized"}``.
@@ -77,11 +87,9 @@ def probe_score(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
     classes, counts = np.unique(y_train, return_counts=True)
     majority = classes[np.argmax(counts)]
     chance = float(np.mean(y_test == majority))
-    probe = _make_probe(kind, y_train, hidden, seed)
+    probe = fit_probe(kind, x_train, y_train, hidden, seed)
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        warnings.filterwarnings("ignore", category=RuntimeWarning)  # overflow in exp of badly scaled logits
-        probe.fit(x_train, y_train)
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
         accuracy = float(np.mean(probe.predict(x_test) == y_test))
     normalized = (accuracy - chance) / (1.0 - chance) if chance < 1.0 - 1e-12 else 0.0
     return {"accuracy": accuracy, "chance": chance, "normalized": float(normalized)}
