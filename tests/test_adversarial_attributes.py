@@ -757,19 +757,24 @@ def test_adversary_readback_scores_the_runs_own_adversaries_beside_a_fresh_probe
         readback(str(tmp_path / "r"), [("rest", "identity_x")], n_train=48, n_test=24)
 
 
-def test_probe_spread_refits_the_leakage_matrix_probe_with_other_seeds_and_draws(tmp_path):
-    from benchmarks.probe_spread import _codes, spread
-    from facefactors.eval.evaluate import EvalConfig
-    from facefactors.eval.probes import leakage_matrix
-    from facefactors.runs import load_run
-
+def _tiny_identity_run(run_dir) -> None:
+    """Two steps on a few SynthFaces (identity and illumination parts) with a small evaluation draw."""
     data = {"name": "synthfaces", "size": 32, "n": 120, "n_identities": 6, "seed": 1}
     raw = {"seed": 0, "data": data,
            "model": {"method": "adversarial_attributes", "attributes": ["identity", "illumination"], "width": 8},
            "method": {"code_channels": 4, "code_size": 4, "critic_width": 8, "res_blocks": 1},
            "train": {"steps": 2, "batch_size": 8, "progress": False, "preview_every": 0},
            "eval": {"max_train": 60, "max_test": 30, "mlp_hidden": 16}}
-    Trainer(build_dataclass(RunConfig, raw), tmp_path / "r", log=lambda m: None).fit()
+    Trainer(build_dataclass(RunConfig, raw), run_dir, log=lambda m: None).fit()
+
+
+def test_probe_spread_refits_the_leakage_matrix_probe_with_other_seeds_and_draws(tmp_path):
+    from benchmarks.probe_spread import _codes, spread
+    from facefactors.eval.evaluate import EvalConfig
+    from facefactors.eval.probes import leakage_matrix
+    from facefactors.runs import load_run
+
+    _tiny_identity_run(tmp_path / "r")
     (row,) = spread(str(tmp_path / "r"), [("identity", "illumination")], seeds=3)
     assert row["pair"] == "identity -> illumination" and len(row["probe_seeds"]) == len(row["draws"]) == 3
     assert all(-1 <= v <= 1 for v in row["probe_seeds"] + row["draws"])
@@ -789,13 +794,7 @@ def test_mirror_probe_refits_the_matrix_probe_on_mirror_averaged_codes(tmp_path)
     from facefactors.eval.probes import leakage_matrix
     from facefactors.runs import load_run
 
-    data = {"name": "synthfaces", "size": 32, "n": 120, "n_identities": 6, "seed": 1}
-    raw = {"seed": 0, "data": data,
-           "model": {"method": "adversarial_attributes", "attributes": ["identity", "illumination"], "width": 8},
-           "method": {"code_channels": 4, "code_size": 4, "critic_width": 8, "res_blocks": 1},
-           "train": {"steps": 2, "batch_size": 8, "progress": False, "preview_every": 0},
-           "eval": {"max_train": 60, "max_test": 30, "mlp_hidden": 16}}
-    Trainer(build_dataclass(RunConfig, raw), tmp_path / "r", log=lambda m: None).fit()
+    _tiny_identity_run(tmp_path / "r")
     run = load_run(tmp_path / "r")
     model = run.model.eval()
     x = run.dataset.batch(range(6)).image
