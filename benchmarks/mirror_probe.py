@@ -16,17 +16,22 @@ the encoder during training (adversarial_attributes); here it is read off a mode
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
 import numpy as np
 import torch
 from sklearn.metrics import confusion_matrix
 
-from facefactors.config import build_dataclass
-from facefactors.eval.evaluate import EvalConfig, evaluation_draw
-from facefactors.eval.latents import encode_split
-from facefactors.eval.probes import fit_probe, probe_score
-from facefactors.latent import Latent
-from facefactors.runs import load_run
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from probe_spread import evaluation_codes  # noqa: E402  (the evaluation's draw, encoded)
+
+from facefactors.config import build_dataclass  # noqa: E402
+from facefactors.eval.evaluate import EvalConfig  # noqa: E402
+from facefactors.eval.probes import fit_probe, predict_quietly, score_predictions  # noqa: E402
+from facefactors.latent import Latent  # noqa: E402
+from facefactors.runs import load_run  # noqa: E402
 
 
 class MirrorAveraged(torch.nn.Module):
@@ -47,10 +52,8 @@ def mirror_table(run_dir: str, part: str = "identity", attributes: list[str] | N
     run = load_run(run_dir)
     cfg = build_dataclass(EvalConfig, dict(run.config.eval), "eval")
     model, ds = run.model.eval(), run.dataset
-    train_idx, test_idx = evaluation_draw(ds, cfg, cfg.seed)
-    codes = {}
-    for name, m in (("plain", model), ("mirrored", MirrorAveraged(model, [part]).eval())):
-        codes[name] = (encode_split(m, ds, train_idx, cfg.batch_size), encode_split(m, ds, test_idx, cfg.batch_size))
+    codes = {"plain": evaluation_codes(model, ds, cfg, cfg.seed),
+             "mirrored": evaluation_codes(MirrorAveraged(model, [part]).eval(), ds, cfg, cfg.seed)}
     train = codes["plain"][0]
     if f"part/{part}" not in train:
         raise SystemExit(f"{run_dir}: no part {part!r}; parts: {', '.join(k[5:] for k in train if k.startswith('part/'))}")
@@ -59,21 +62,20 @@ def mirror_table(run_dir: str, part: str = "identity", attributes: list[str] | N
     missing = [a for a in list(attributes) + list(confusion) if f"label/{a}" not in train]
     if missing:
         raise SystemExit(f"{run_dir}: no labels for attribute {missing[0]!r}")
-    out = {"rows": [], "confusion": {}}
-    for a in attributes:
-        row = {"attribute": a}
-        for name, (tr, te) in codes.items():
-            row[name] = probe_score(probe, tr[f"part/{part}"], tr[f"label/{a}"], te[f"part/{part}"], te[f"label/{a}"],
-                                    hidden=cfg.mlp_hidden, seed=cfg.seed)["normalized"]
-        out["rows"].append(row)
-    for a in confusion:
+    rows = {a: {"attribute": a} for a in attributes}
+    out = {"rows": list(rows.values()), "confusion": {}}
+    for a in dict.fromkeys([*attributes, *confusion]):          # one probe per attribute and encoding
         classes = np.unique(train[f"label/{a}"])
         mats = []
-        for tr, te in codes.values():
+        for name, (tr, te) in codes.items():
             fitted = fit_probe(probe, tr[f"part/{part}"], tr[f"label/{a}"], hidden=cfg.mlp_hidden, seed=cfg.seed)
-            mats.append(confusion_matrix(te[f"label/{a}"], fitted.predict(te[f"part/{part}"]), labels=classes))
-        names = ds.attributes[a].classes if a in ds.attributes else ()
-        out["confusion"][a] = ([names[int(c)] if int(c) < len(names) else str(int(c)) for c in classes], *mats)
+            predicted = predict_quietly(fitted, te[f"part/{part}"])
+            if a in rows:
+                rows[a][name] = score_predictions(tr[f"label/{a}"], te[f"label/{a}"], predicted)["normalized"]
+            mats.append(confusion_matrix(te[f"label/{a}"], predicted, labels=classes))
+        if a in confusion:
+            names = ds.attributes[a].classes if a in ds.attributes else ()
+            out["confusion"][a] = ([names[int(c)] if int(c) < len(names) else str(int(c)) for c in classes], *mats)
     return out
 
 

@@ -25,7 +25,8 @@ from facefactors.eval.probes import probe_score
 from facefactors.runs import load_run
 
 
-def _codes(model, ds, cfg: EvalConfig, draw: int):
+def evaluation_codes(model, ds, cfg: EvalConfig, draw: int):
+    """Train and test codes (with labels) of the evaluation's draw ``draw`` (``cfg.seed``: its own)."""
     train_idx, test_idx = evaluation_draw(ds, cfg, draw)
     return encode_split(model, ds, train_idx, cfg.batch_size), encode_split(model, ds, test_idx, cfg.batch_size)
 
@@ -35,7 +36,7 @@ def spread(run_dir: str, pairs: list[tuple[str, str]], probe: str = "mlp", seeds
     run = load_run(run_dir)
     cfg = build_dataclass(EvalConfig, dict(run.config.eval), "eval")
     model, ds = run.model.eval(), run.dataset
-    draws = [_codes(model, ds, cfg, cfg.seed + d) for d in range(seeds)]   # draws[0]: the evaluation's own
+    draws = [evaluation_codes(model, ds, cfg, cfg.seed + d) for d in range(seeds)]   # draws[0]: the evaluation's own
     train, _ = draws[0]
     for q, a in pairs:
         if f"part/{q}" not in train or f"label/{a}" not in train:

@@ -769,7 +769,7 @@ def _tiny_identity_run(run_dir) -> None:
 
 
 def test_probe_spread_refits_the_leakage_matrix_probe_with_other_seeds_and_draws(tmp_path):
-    from benchmarks.probe_spread import _codes, spread
+    from benchmarks.probe_spread import evaluation_codes, spread
     from facefactors.eval.evaluate import EvalConfig
     from facefactors.eval.probes import leakage_matrix
     from facefactors.runs import load_run
@@ -781,7 +781,7 @@ def test_probe_spread_refits_the_leakage_matrix_probe_with_other_seeds_and_draws
     # seed 0 on the evaluation's own draw is the leakage matrix's figure
     run = load_run(tmp_path / "r")
     cfg = build_dataclass(EvalConfig, dict(run.config.eval), "eval")
-    train, test = _codes(run.model.eval(), run.dataset, cfg, cfg.seed)
+    train, test = evaluation_codes(run.model.eval(), run.dataset, cfg, cfg.seed)
     matrix = leakage_matrix(train, test, run.dataset.attributes, ["identity"], ["mlp"], cfg.max_train, cfg.max_test,
                             cfg.mlp_hidden, cfg.seed)
     assert row["matrix"] == row["probe_seeds"][0] == row["draws"][0] == matrix["mlp"]["identity"]["illumination"]["normalized"]

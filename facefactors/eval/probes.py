@@ -77,9 +77,15 @@ def fit_probe(kind: str, x_train: np.ndarray, y_train: np.ndarray, hidden: int =
     return probe
 
 
-def probe_score(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
-                y_test: np.ndarray, hidden: int = 256, seed: int = 0) -> dict[str, float]:
-    """Fit one fresh probe and score it: ``{"accuracy", "chance", "normalized"}``.
+def predict_quietly(probe, x: np.ndarray) -> np.ndarray:
+    """``probe.predict`` without the overflow warnings of badly scaled logits."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=RuntimeWarning)
+        return probe.predict(x)
+
+
+def score_predictions(y_train: np.ndarray, y_test: np.ndarray, predicted: np.ndarray) -> dict[str, float]:
+    """``{"accuracy", "chance", "normalized"}`` of a probe's test predictions.
 
     Chance is the test accuracy of the most frequent train class. When chance is 1
     (the test set holds a single class, the train majority) ``normalized`` is 0.
@@ -87,12 +93,16 @@ def probe_score(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.
     classes, counts = np.unique(y_train, return_counts=True)
     majority = classes[np.argmax(counts)]
     chance = float(np.mean(y_test == majority))
-    probe = fit_probe(kind, x_train, y_train, hidden, seed)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", category=RuntimeWarning)
-        accuracy = float(np.mean(probe.predict(x_test) == y_test))
+    accuracy = float(np.mean(predicted == y_test))
     normalized = (accuracy - chance) / (1.0 - chance) if chance < 1.0 - 1e-12 else 0.0
     return {"accuracy": accuracy, "chance": chance, "normalized": float(normalized)}
+
+
+def probe_score(kind: str, x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray,
+                y_test: np.ndarray, hidden: int = 256, seed: int = 0) -> dict[str, float]:
+    """Fit one fresh probe and score it (``score_predictions``)."""
+    probe = fit_probe(kind, x_train, y_train, hidden, seed)
+    return score_predictions(y_train, y_test, predict_quietly(probe, x_test))
 
 
 def discrete_attributes(attributes: Mapping[str, AttributeSpec], arrays: Mapping[str, np.ndarray]) -> list[str]:

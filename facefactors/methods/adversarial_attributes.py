@@ -285,15 +285,13 @@ class AdversarialAttributes(Method):
                                 + [(q, a) for q in parts if q != "identity" for a in self.linked_classes])
         self.confusion_classes = {**self.n_classes, **self.extra_classes, **self.linked_classes}
         out_channels = p.code_channels * (2 if p.kl > 0 else 1)
-        unknown = [n for n in p.part_widths if n not in parts]
-        if unknown:
-            raise ValueError(f"method.part_widths names {unknown[0]!r}, which is not a part; parts: {', '.join(parts)}")
+        for option in ("part_widths", "flip_invariant"):
+            unknown = [n for n in getattr(p, option) if n not in parts]
+            if unknown:
+                raise ValueError(f"method.{option} names {unknown[0]!r}, which is not a part; parts: {', '.join(parts)}")
         bad = [n for n, w in p.part_widths.items() if not isinstance(w, int) or w <= 0]
         if bad:
             raise ValueError(f"method.part_widths.{bad[0]}={p.part_widths[bad[0]]!r} must be a positive integer")
-        unknown = [n for n in p.flip_invariant if n not in parts]
-        if unknown:
-            raise ValueError(f"method.flip_invariant names {unknown[0]!r}, which is not a part; parts: {', '.join(parts)}")
         self.encoders = nn.ModuleDict({
             n: MapEncoder(setup.image_size, setup.channels, out_channels, p.code_size, self._width(n, setup.width),
                           setup.norm)
